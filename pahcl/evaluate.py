@@ -1,0 +1,379 @@
+"""Evaluation of frozen features: kNN, linear probe, recording-level scores, alignment/uniformity.
+
+Pure functions on feature arrays (numpy or torch) plus a CLI. Exact commands:
+
+    # kNN (k = evaluation.knn_k, cosine, exp(sim/tau) votes) on a pretrained encoder, cycle level
+    python -m pahcl.evaluate --checkpoint runs/y/checkpoint_last.pt \\
+        --train yaseen:../shared/data/yaseen2018 --test yaseen:../shared/data/yaseen2018 \\
+        --split-by-index 1-50:51-100 --protocol knn --level cycle
+
+    # linear probe at recording level; same split; randomly initialised encoder / log-spectrogram baselines
+    python -m pahcl.evaluate --checkpoint runs/y/checkpoint_last.pt --train yaseen:../shared/data/yaseen2018 \\
+        --test yaseen:../shared/data/yaseen2018 --split-by-index 1-50:51-100 --protocol linear --level recording
+    ... --random-init          # same architecture (from the checkpoint's config), seeded random weights
+    ... --baseline logspec     # mean log-magnitude STFT per frequency bin, no learning (--checkpoint optional)
+
+The CLI prints ONE JSON object: accuracy, balanced_accuracy, per_class_recall, n, protocol, level,
+features (and classes, n_train).
+
+``--split-by-index A-B:C-D`` (train and test the same spec): cycles whose recording id ends in a number
+in [A, B] form the training side, [C, D] the test side (Yaseen: ``New_MR_001`` -> 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "align_uniform",
+    "classification_metrics",
+    "extract_features",
+    "knn_scores",
+    "knn_predict",
+    "linear_probe",
+    "logspec_features",
+    "recording_level",
+    "recording_numbers",
+    "split_by_index",
+    "validation_metrics",
+    "evaluate_features",
+    "main",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x)
+
+
+def _l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def encode_labels(train_labels: Sequence, test_labels: Sequence | None = None):
+    """Map labels to 0..C-1 using the sorted training classes; test labels unseen in training map to -1."""
+    classes = sorted({str(v) for v in train_labels})
+    index = {c: i for i, c in enumerate(classes)}
+    y_tr = np.array([index[str(v)] for v in train_labels], dtype=np.int64)
+    y_te = None if test_labels is None else np.array([index.get(str(v), -1) for v in test_labels], dtype=np.int64)
+    return classes, y_tr, y_te
+
+
+# ----------------------------------------------------------------------------- kNN / linear probe
+
+
+@torch.no_grad()
+def knn_scores(
+    bank: np.ndarray | torch.Tensor,
+    bank_labels: np.ndarray | torch.Tensor,
+    queries: np.ndarray | torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Weighted kNN vote scores (Wu et al. 2018): cosine similarity, the ``k`` nearest bank items
+    vote for their class with weight ``exp(sim / temperature)``. Returns [Nq, C], rows normalised to
+    sum 1 (a class-probability-like vector, averaged for recording-level predictions)."""
+    b = _l2n(torch.as_tensor(_np(bank), dtype=torch.float32))
+    q = _l2n(torch.as_tensor(_np(queries), dtype=torch.float32))
+    yb = torch.as_tensor(_np(bank_labels), dtype=torch.long)
+    if len(b) == 0:
+        raise ValueError("knn_scores: empty feature bank")
+    k = min(k, len(b))
+    out = []
+    for s in range(0, len(q), chunk):
+        sim = q[s : s + chunk] @ b.T
+        top, idx = sim.topk(k, dim=1)
+        # subtract the row max before exp: same normalised votes, no overflow for small temperatures
+        w = ((top - top[:, :1]) / temperature).exp()
+        scores = torch.zeros(len(top), num_classes)
+        scores.scatter_add_(1, yb[idx], w)
+        out.append(scores / scores.sum(1, keepdim=True))
+    return torch.cat(out).numpy() if out else np.zeros((0, num_classes), dtype=np.float32)
+
+
+def knn_predict(bank, bank_labels, queries, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+    return knn_scores(bank, bank_labels, queries, num_classes, k, temperature).argmax(1)
+
+
+def linear_probe(
+    train_feats, train_labels, test_feats, seed: int = 0, max_iter: int = 5000, C: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression on standardised frozen features. Returns (test probabilities [N, C_seen],
+    the class indices those columns stand for)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, Xt = _np(train_feats).astype(np.float64), _np(train_labels).astype(np.int64), _np(test_feats).astype(np.float64)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C, random_state=seed))
+    clf.fit(X, y)
+    return clf.predict_proba(Xt), clf.classes_
+
+
+def recording_level(scores: np.ndarray, recording_ids: Sequence, labels: np.ndarray):
+    """Average per-cycle class scores over each recording's cycles. Returns (scores [R, C], labels [R],
+    recording ids [R]) in order of first appearance; a recording's label is its first cycle's label."""
+    rid = np.asarray([str(r) for r in recording_ids])
+    uniq, first, inv = np.unique(rid, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    sums = np.zeros((len(uniq), scores.shape[1]), dtype=np.float64)
+    np.add.at(sums, inv, scores)
+    counts = np.bincount(inv, minlength=len(uniq))[:, None]
+    mean = sums / counts
+    return mean[order], np.asarray(labels)[first][order], uniq[order]
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over classes present in ``y_true``), per-class recall."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = len(y_true)
+    recall: dict[str, float] = {}
+    for i, c in enumerate(classes):
+        m = y_true == i
+        if m.any():
+            recall[str(c)] = float((y_pred[m] == i).mean())
+    return {
+        "accuracy": float((y_true == y_pred).mean()) if n else float("nan"),
+        "balanced_accuracy": float(np.mean(list(recall.values()))) if recall else float("nan"),
+        "per_class_recall": recall,
+        "n": int(n),
+    }
+
+
+def align_uniform(z1, z2, alpha: float = 2.0, t: float = 2.0) -> tuple[float, float]:
+    """Wang & Isola (2020) on L2-normalised features: align = E||f(x) - f(x+)||^alpha over positive
+    pairs (z1[i], z2[i]); uniform = log E exp(-t ||f(x) - f(y)||^2) over distinct pairs, averaged over
+    the two views."""
+    a = _l2n(torch.as_tensor(_np(z1), dtype=torch.float64))
+    b = _l2n(torch.as_tensor(_np(z2), dtype=torch.float64))
+    align = (a - b).norm(dim=1).pow(alpha).mean().item()
+
+    def unif(x):
+        if len(x) < 2:
+            return float("nan")
+        return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log().item()
+
+    return float(align), float((unif(a) + unif(b)) / 2)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, cycles, batch_size: int = 256, device: str | torch.device = "cpu") -> np.ndarray:
+    """``model.embed`` on every cycle (input [B, 1, L]) in eval mode under no_grad -> float32 [N, d].
+    ``cycles`` is a CycleSet or a float array [N, L]. The model's train/eval mode is restored."""
+    waves = cycles.waves if hasattr(cycles, "waves") else cycles
+    waves = _np(waves)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for s in range(0, len(waves), batch_size):
+            x = torch.as_tensor(np.ascontiguousarray(waves[s : s + batch_size]), dtype=torch.float32, device=device)
+            out.append(model.embed(x.unsqueeze(1)).float().cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def logspec_features(waves: np.ndarray, sample_rate: int, n_fft: int = 256, hop: int | None = None, max_hz: float = 1000.0) -> np.ndarray:
+    """Log-spectrogram baseline (no learning): mean over frames of log(1 + |STFT|) per frequency bin
+    up to ``max_hz``, per cycle -> float32 [N, bins]."""
+    x = torch.as_tensor(_np(waves), dtype=torch.float32)
+    hop = hop or n_fft // 4
+    spec = torch.stft(x, n_fft=n_fft, hop_length=hop, window=torch.hann_window(n_fft), return_complex=True).abs()
+    bins = int(np.floor(max_hz / (sample_rate / n_fft))) + 1
+    return torch.log1p(spec[:, :bins]).mean(-1).numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- during pretraining
+
+
+def _labels_of(cycles) -> list | None:
+    if "label" not in cycles.table.columns:
+        return None
+    labels = cycles.table["label"].tolist()
+    if all(v is None or (isinstance(v, float) and np.isnan(v)) for v in labels):
+        return None
+    return labels
+
+
+@torch.no_grad()
+def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log_fn=None) -> dict[str, float]:
+    """Per-epoch validation: ``val/knn_acc``, ``val/knn_bal_acc`` (cycle level, training cycles as the
+    bank, validation cycles as queries; omitted when either side has no labels) and ``val/align``,
+    ``val/uniform`` on two views of the validation cycles (``val_views = (x1, x2)`` float [N, 1, L];
+    if None, the un-augmented cycles and a copy with a fixed seeded augmentation are not available
+    so alignment/uniformity are skipped)."""
+    out: dict[str, float] = {}
+    if val is None or len(val) == 0:
+        return out
+    bs = cfg.evaluation.batch_size
+    tr_labels, va_labels = _labels_of(train), _labels_of(val)
+    if tr_labels is not None and va_labels is not None:
+        fb = extract_features(model, train, bs, device)
+        fq = extract_features(model, val, bs, device)
+        ok = [i for i, v in enumerate(tr_labels) if v is not None]
+        classes, yb, yq = encode_labels([tr_labels[i] for i in ok], va_labels)
+        scores = knn_scores(fb[ok], yb, fq, len(classes), cfg.evaluation.knn_k, cfg.evaluation.knn_temperature)
+        m = classification_metrics(yq, scores.argmax(1), classes)
+        out["val/knn_acc"] = m["accuracy"]
+        out["val/knn_bal_acc"] = m["balanced_accuracy"]
+    elif log_fn is not None:
+        log_fn("validation: no labels in the data; skipping val/knn_acc and val/knn_bal_acc")
+    if val_views is not None:
+        x1, x2 = val_views
+        f1 = extract_features(model, x1[:, 0] if x1.ndim == 3 else x1, bs, device)
+        f2 = extract_features(model, x2[:, 0] if x2.ndim == 3 else x2, bs, device)
+        out["val/align"], out["val/uniform"] = align_uniform(f1, f2)
+    return out
+
+
+# ----------------------------------------------------------------------------- split / CLI
+
+
+def recording_numbers(recording_ids: Sequence) -> np.ndarray:
+    """Trailing number of each recording id (``"MR/New_MR_007"`` -> 7); -1 where there is none."""
+    out = []
+    for r in recording_ids:
+        m = re.search(r"(\d+)\D*$", str(r))
+        out.append(int(m.group(1)) if m else -1)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _parse_range(s: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", s)
+    if not m:
+        raise ValueError(f"--split-by-index: {s!r} is not a range A-B")
+    a, b = int(m.group(1)), int(m.group(2))
+    if a > b:
+        raise ValueError(f"--split-by-index: range {s!r} is empty")
+    return a, b
+
+
+def split_by_index(cycles, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """``"1-50:51-100"`` -> (train indices, test indices) by the trailing recording number."""
+    if spec.count(":") != 1:
+        raise ValueError(f"--split-by-index: expected A-B:C-D, got {spec!r}")
+    (a, b), (c, d) = (_parse_range(p) for p in spec.split(":"))
+    nums = recording_numbers(cycles.table["recording_id"].tolist())
+    tr = np.flatnonzero((nums >= a) & (nums <= b))
+    te = np.flatnonzero((nums >= c) & (nums <= d))
+    if len(set(cycles.table["recording_id"].iloc[tr]) & set(cycles.table["recording_id"].iloc[te])):
+        raise ValueError("--split-by-index: the ranges overlap (a recording on both sides)")
+    return tr, te
+
+
+def evaluate_features(
+    f_train, labels_train, f_test, labels_test, protocol: str, level: str = "cycle",
+    rec_test: Sequence | None = None, k: int = 20, temperature: float = 0.07, seed: int = 0,
+) -> dict[str, Any]:
+    """Fit/score one protocol on feature arrays; returns the metrics dict (cycle or recording level)."""
+    classes, ytr, yte = encode_labels(labels_train, labels_test)
+    if protocol == "knn":
+        scores = knn_scores(f_train, ytr, f_test, len(classes), k, temperature)
+    elif protocol == "linear":
+        proba, seen = linear_probe(f_train, ytr, f_test, seed=seed)
+        scores = np.zeros((len(proba), len(classes)))
+        scores[:, seen] = proba
+    else:
+        raise ValueError(f"protocol: {protocol!r}; allowed: knn, linear")
+    if level == "recording":
+        if rec_test is None:
+            raise ValueError("level=recording needs the test recording ids")
+        scores, yte, _ = recording_level(scores, rec_test, yte)
+    elif level != "cycle":
+        raise ValueError(f"level: {level!r}; allowed: cycle, recording")
+    m = classification_metrics(yte, scores.argmax(1), classes)
+    m.update(protocol=protocol, level=level, classes=list(classes), n_train=int(len(ytr)))
+    return m
+
+
+def _build_model(cfg, state: dict | None, random_init: bool, seed: int):
+    from pahcl.models import PAHCL
+
+    torch.manual_seed(seed)
+    model = PAHCL(cfg.model)
+    if state is not None and not random_init:
+        model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pahcl.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="checkpoint .pt (config + weights); optional with --baseline logspec")
+    p.add_argument("--train", required=True, help="data spec KIND:PATH for the training side (bank / probe fit)")
+    p.add_argument("--test", required=True, help="data spec KIND:PATH for the test side")
+    p.add_argument("--protocol", choices=["knn", "linear"], default="knn")
+    p.add_argument("--level", choices=["cycle", "recording"], default="cycle")
+    p.add_argument("--random-init", action="store_true", help="same architecture, seeded random weights")
+    p.add_argument("--baseline", choices=["logspec"], help="log-spectrogram features instead of the encoder")
+    p.add_argument("--split-by-index", metavar="A-B:C-D", help="split one spec by trailing recording number")
+    p.add_argument("--cache-dir", default=None, help="cycle cache directory (default: none)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from pahcl.checkpoint import load_checkpoint
+    from pahcl.config import config_from_dict, load_config
+    from pahcl.data import load_cycles
+
+    state = None
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        cfg = config_from_dict(state["config"])
+    elif args.baseline == "logspec":
+        cfg = load_config(preset="auto")
+    else:
+        p.error("--checkpoint is required unless --baseline logspec")
+
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries only the JSON)
+    if args.split_by_index:
+        if args.train != args.test:
+            p.error("--split-by-index needs --train and --test to be the same spec")
+        allc = load_cycles(args.train, cfg.data, cache_dir=args.cache_dir, log=say)
+        tr_idx, te_idx = split_by_index(allc, args.split_by_index)
+        train, test = allc.subset(tr_idx), allc.subset(te_idx)
+    else:
+        train = load_cycles(args.train, cfg.data, cache_dir=args.cache_dir, log=say)
+        test = train if args.test == args.train else load_cycles(args.test, cfg.data, cache_dir=args.cache_dir, log=say)
+
+    if args.baseline == "logspec":
+        ftr, fte = logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
+        features = "logspec"
+    else:
+        model = _build_model(cfg, state, args.random_init, args.seed).to(args.device)
+        ftr = extract_features(model, train, cfg.evaluation.batch_size, args.device)
+        fte = extract_features(model, test, cfg.evaluation.batch_size, args.device)
+        features = "random_init" if args.random_init else "pretrained"
+    res = evaluate_features(
+        ftr, train.table["label"].tolist(), fte, test.table["label"].tolist(), args.protocol, args.level,
+        rec_test=test.table["recording_id"].tolist(), k=cfg.evaluation.knn_k,
+        temperature=cfg.evaluation.knn_temperature, seed=args.seed,
+    )
+    res["features"] = features
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

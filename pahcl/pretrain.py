@@ -1,0 +1,124 @@
+"""CLI: PA-HCL contrastive pretraining.
+
+    # smoke test (tiny preset, synthetic:8, 2 epochs of a few steps; seconds)
+    python -m pahcl.pretrain --out out/smoke --smoke-test
+
+    # Yaseen on CPU (preset auto -> small on CPU, full on CUDA), 30 epochs
+    python -m pahcl.pretrain --data yaseen:../shared/data/yaseen2018 --out runs/y --set training.num_epochs=30
+
+    # resume the same run from runs/y/checkpoint_last.pt (config taken from the checkpoint; --set still applies)
+    python -m pahcl.pretrain --data yaseen:../shared/data/yaseen2018 --out runs/y --resume
+
+    # any config key: --set section.key=value (repeatable); --preset auto|full|small|tiny
+    python -m pahcl.pretrain --config pahcl/configs/pretrain.yaml --preset small --set model.use_moco=false --out runs/simclr
+
+Writes DIR/config.yaml, DIR/checkpoint_last.pt (every epoch), DIR/checkpoint_epoch{N}.pt (every
+training.save_interval epochs and the last), DIR/metrics.csv (one row per epoch), the cycle cache in
+DIR/cache (or --cache-dir), and prints a final one-line JSON summary on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m pahcl.pretrain", description="PA-HCL contrastive pretraining")
+    p.add_argument("--config", default=None, help="base YAML (default pahcl/configs/pretrain.yaml)")
+    p.add_argument("--data", default=None, help="data spec KIND:PATH (synthetic, synthetic:N, wav:, circor:, yaseen:, "
+                                                 "physionet2016:); default synthetic")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override, repeatable (e.g. training.num_epochs=30)")
+    p.add_argument("--preset", default="auto", help="auto (full on CUDA, small on CPU) | full | small | tiny")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--cache-dir", default=None, help="cycle cache directory (default OUT/cache)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
+    p.add_argument("--smoke-test", action="store_true", help="tiny preset, synthetic:8, 2 epochs of <= 2 steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    from pahcl.checkpoint import load_checkpoint
+    from pahcl.config import ConfigError, build_config, dump_config, load_config, resolve_preset
+    from pahcl.train import Trainer, prepare_data
+
+    out = Path(args.out)
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731  (stdout: the JSON summary only)
+    overrides = list(args.overrides)
+    spec = args.data or "synthetic"
+    if args.smoke_test:
+        preset, why = "tiny", "--smoke-test"
+        spec = args.data or "synthetic:8"
+        overrides = ["training.num_epochs=2", "training.max_steps_per_epoch=2", "training.warmup_epochs=1",
+                     "training.device=cpu", *overrides]
+    elif args.preset in (None, "auto"):
+        preset = resolve_preset("auto")
+        why = "auto: CUDA available" if torch.cuda.is_available() else "auto: no CUDA, CPU default"
+    else:
+        preset, why = args.preset, "--preset"
+    try:
+        ckpt_state = None
+        if args.resume:
+            ckpt = out / "checkpoint_last.pt"
+            ckpt_state = load_checkpoint(ckpt)
+            cfg = build_config(ckpt_state["config"], overrides)
+            say(f"resuming from {ckpt} (epoch {ckpt_state['epoch']}, step {ckpt_state['step']}); config from the checkpoint")
+        else:
+            cfg = load_config(args.config, overrides, preset=preset)
+            say(f"preset: {preset} ({why})")
+    except ConfigError as e:
+        say(f"config error: {e}")
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    train, val = prepare_data(cfg, spec, cache_dir=cache, log=say)
+    say(f"data {spec}: {len(train)} training cycles, {len(val)} validation cycles")
+
+    trainer = Trainer(cfg, train, val, out_dir=out, log=say)
+    if ckpt_state is not None:
+        trainer.load_state_dict(ckpt_state)
+    say(f"device {trainer.device}, {trainer.steps_per_epoch} optimizer steps/epoch x "
+        f"{trainer.micro_per_step} micro-batches of {cfg.training.batch_size}, moco={cfg.model.use_moco}")
+
+    bar = None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        total = trainer.steps_per_epoch * cfg.training.num_epochs
+        bar = tqdm(total=total, initial=trainer.global_step, file=sys.stderr, dynamic_ncols=True, unit="step")
+
+        def progress(tr, m):  # noqa: F811
+            bar.update(1)
+            bar.set_postfix(epoch=f"{int(m['epoch']) + 1}/{cfg.training.num_epochs}", step=int(m["step"]),
+                            loss=f"{m['loss']:.4f}", cyc_s=f"{m['cycles_per_s']:.0f}", refresh=False)
+
+        class _EpochLine:
+            def on_epoch_end(self, tr, m):
+                bar.write(" ".join(f"{k}={v:.4g}" for k, v in m.items()))
+
+        trainer.callbacks.append(_EpochLine())
+    t0 = time.perf_counter()
+    try:
+        last = trainer.fit(progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = {"out": str(out), "epochs": trainer.epoch, "steps": trainer.global_step,
+               "seconds": round(time.perf_counter() - t0, 2), "preset": preset if not args.resume else "checkpoint",
+               "device": str(trainer.device), **last}
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
