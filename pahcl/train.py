@@ -286,9 +286,12 @@ class Trainer:
         t = self.cfg.training
         return get_lr(step, max(self.total_steps, 1), self.warmup_steps, t.learning_rate, t.min_lr)
 
-    def _optimizer_step(self, micro_batches: Sequence[dict], epoch: int, last_in_epoch: bool) -> dict[str, float]:
+    def _optimizer_step(self, micro_batches: Sequence[dict], epoch: int, last_in_epoch: bool,
+                        t0: float | None = None) -> dict[str, float]:
+        """One optimizer step over ``micro_batches``; ``t0`` = when this step's data loading began
+        (for ``cycles_per_s``, which therefore includes data loading but not callbacks)."""
         t = self.cfg.training
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t0 is None else t0
         lr = self._lr(self.global_step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -352,12 +355,13 @@ class Trainer:
         group: list[dict] = []
         losses: list[float] = []
         steps = 0
+        t0 = time.perf_counter()
         for batch in loader:
             group.append(batch)
             if len(group) < self.micro_per_step:
                 continue
             steps += 1
-            metrics = self._optimizer_step(group, epoch, last_in_epoch=steps == self.steps_per_epoch)
+            metrics = self._optimizer_step(group, epoch, last_in_epoch=steps == self.steps_per_epoch, t0=t0)
             group = []
             losses.append(metrics["loss"])
             for cb in self.callbacks:
@@ -367,6 +371,7 @@ class Trainer:
                 progress(self, metrics)
             if steps >= self.steps_per_epoch:
                 break
+            t0 = time.perf_counter()
         return float(np.mean(losses)) if losses else float("nan")
 
     def validate(self) -> dict[str, float]:
