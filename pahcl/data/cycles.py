@@ -1,0 +1,269 @@
+"""Cycles: every recording of a data spec -> fixed windows starting at S1 onset (+ boundaries), cached.
+
+    cs = load_cycles("circor:../shared/data/circor_tiny", cfg.data, cache_dir="out/circor")
+    cs.waves   # float32 [N, L], L = round(data.segment_duration * data.sample_rate)
+    cs.bounds  # int64 [N, 5]: S1, systole, S2, diastole, next-S1 onsets relative to the window, in [0, L]
+    cs.table   # per cycle: recording_id, group, label, cycle_index, start_sample, source, dataset, ...
+    train_idx, val_idx = split_by_group(cs, cfg.data.val_fraction, cfg.seed)
+
+Per recording: ``preprocess_signal`` (resample, band-pass, spike removal, z-normalise), then cycles
+from the annotations when present (``source = "annotations"``; CirCor .tsv, synthetic), else from
+the automatic segmenter (``source = "auto"``; also the fallback when annotations give no complete
+cycle). A recording with no complete cycle is skipped with a reason ("no complete cycle").
+``data.max_cycles_per_recording > 0`` keeps the first N cycles of each recording.
+
+Cache (``cache_dir`` not None): ``<cache_dir>/cycles-<key>/`` holding ``waves.npy``,
+``bounds.npy``, ``table.parquet`` (``table.csv`` without pyarrow) and ``info.json`` (key inputs,
+counts, skip log). The key is a SHA-256 over: CODE_VERSION, the normalised spec, the resolved
+absolute path, the input file list with sizes and mtimes, and the data config minus
+``val_fraction`` (splitting does not change the cycles). It is built in a private temp folder
+and published with one ``os.rename``; if another process (a parallel Ray trial) published the
+same key first, ours is discarded and theirs is read, so concurrent builds are safe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .preprocess import preprocess_signal
+from .readers import DataSpec, NoUsableRecordingsError, SkipLog, iter_recordings, parse_spec, spec_files
+from .segmentation import from_annotations, segment
+from .types import Cycle, Recording
+
+CODE_VERSION = "pahcl-data-1"  # bump when preprocessing / segmentation / windowing changes
+TABLE_COLUMNS = ["recording_id", "group", "label", "cycle_index", "start_sample", "source"]
+_META_COLUMNS = ["dataset", "cycle_length", "murmur", "outcome", "site"]
+
+
+@dataclass
+class CycleSet:
+    waves: np.ndarray  # float32 [N, L]
+    bounds: np.ndarray  # int64 [N, 5]
+    table: pd.DataFrame  # N rows
+    sample_rate: int
+    info: dict = field(default_factory=dict)  # counts, skip summary, cache key (not used for indexing)
+
+    def __len__(self) -> int:
+        return int(self.waves.shape[0])
+
+    @property
+    def window(self) -> int:
+        return int(self.waves.shape[1])
+
+    def subset(self, idx) -> "CycleSet":
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return CycleSet(self.waves[idx], self.bounds[idx], self.table.iloc[idx].reset_index(drop=True),
+                        self.sample_rate, dict(self.info))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.table["label"].to_numpy()
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.table["group"].astype(str).to_numpy()
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def cycle_window(x: np.ndarray, c: Cycle, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """One cycle -> (float32 [L] window from S1 onset, zero-padded or cropped; int64 [5] bounds in [0, L])."""
+    w = np.zeros(L, dtype=np.float32)
+    seg = x[c.s1_onset : c.s1_onset + L]
+    w[: len(seg)] = seg
+    b = np.clip(np.asarray(c.as_tuple(), dtype=np.int64) - c.s1_onset, 0, L)
+    return w, b
+
+
+def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle], str]:
+    """Preprocess one recording and find its cycles: (float32 [T'], cycles, source)."""
+    sr = int(data_cfg.sample_rate)
+    x = preprocess_signal(rec.signal, rec.sample_rate, data_cfg)
+    cycles: list[Cycle] = []
+    source = "auto"
+    if rec.annotations is not None:
+        cycles = from_annotations(rec.annotations, sr, len(x))
+        source = "annotations"
+    if not cycles:
+        cycles, source = segment(x, sr), "auto"
+    if data_cfg.max_cycles_per_recording > 0:
+        cycles = cycles[: data_cfg.max_cycles_per_recording]
+    return x, cycles, source
+
+
+def build_cycles(spec: str | DataSpec, data_cfg, log: Callable[[str], None] | None = print) -> CycleSet:
+    """Read, preprocess and segment every recording of ``spec`` (no cache)."""
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    sr = int(data_cfg.sample_rate)
+    L = int(round(data_cfg.segment_duration * sr))
+    skips = SkipLog(log=log)  # one line per skipped file, as it happens
+    waves, bounds, rows = [], [], []
+    n_read = n_used = 0
+    for rec in iter_recordings(s, skips):
+        n_read += 1
+        try:
+            x, cycles, source = recording_cycles(rec, data_cfg)
+        except Exception as e:  # a numerically broken file must not end the run
+            skips.skip(rec.id, "preprocessing failed", f"{type(e).__name__}: {e}"[:120])
+            continue
+        if not cycles:
+            skips.skip(rec.id, "no complete cycle", f"{len(x) / sr:.2f} s, {source} segmentation")
+            continue
+        n_used += 1
+        for k, c in enumerate(cycles):
+            w, b = cycle_window(x, c, L)
+            waves.append(w)
+            bounds.append(b)
+            rows.append({
+                "recording_id": rec.id, "group": str(rec.group), "label": rec.label, "cycle_index": k,
+                "start_sample": c.s1_onset, "source": source, "dataset": s.kind, "cycle_length": c.length,
+                "murmur": rec.meta.get("murmur"), "outcome": rec.meta.get("outcome"), "site": rec.meta.get("site"),
+            })
+    info = {"spec": str(s), "recordings_read": n_read, "recordings_used": n_used, "cycles": len(rows),
+            "skipped": len(skips), "skip_counts": skips.counts(), "skips": skips.to_records()}
+    if not rows:
+        first = f"; first: {skips.entries[0][0]}: {skips.entries[0][1]}" if skips.entries else ""
+        raise NoUsableRecordingsError(f"data spec {str(s)!r}: no usable recordings ({skips.summary()}{first})")
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + _META_COLUMNS)
+    cs = CycleSet(np.stack(waves).astype(np.float32), np.stack(bounds).astype(np.int64), table, sr, info)
+    if log is not None:
+        log(describe(cs))
+    return cs
+
+
+def describe(cs: CycleSet) -> str:
+    """One-paragraph count summary (recordings, cycles, skipped grouped by reason)."""
+    i = cs.info
+    lines = [f"{i.get('spec')}: recordings {i.get('recordings_used')} used / {i.get('recordings_read')} read, "
+             f"cycles {len(cs)}, skipped {i.get('skipped', 0)}"]
+    for reason, n in (i.get("skip_counts") or {}).items():
+        lines.append(f"  skipped {n:5d}  {reason}")
+    if len(cs):
+        by = cs.table.groupby(cs.table["label"].astype(str)).size()
+        lines.append("  cycles per label: " + ", ".join(f"{k}={v}" for k, v in by.items()))
+        lines.append(f"  groups {cs.table['group'].nunique()}, window {cs.window} samples @ {cs.sample_rate} Hz")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_key(spec: DataSpec, data_cfg) -> tuple[str, dict]:
+    """(hex key, the JSON-able inputs it hashes)."""
+    cfg = dataclasses.asdict(data_cfg) if dataclasses.is_dataclass(data_cfg) else dict(vars(data_cfg))
+    cfg.pop("val_fraction", None)
+    inputs = {
+        "code_version": CODE_VERSION,
+        "spec": str(spec),
+        "path": str(spec.path) if spec.path is not None else None,
+        "files": spec_files(spec),
+        "data": cfg,
+    }
+    blob = json.dumps(inputs, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest(), inputs
+
+
+def _write(cs: CycleSet, folder: Path, key_inputs: dict) -> None:
+    np.save(folder / "waves.npy", cs.waves)
+    np.save(folder / "bounds.npy", cs.bounds)
+    try:
+        cs.table.to_parquet(folder / "table.parquet", index=False)
+    except ImportError:
+        cs.table.to_csv(folder / "table.csv", index=False)
+    info = dict(cs.info, key_inputs={k: v for k, v in key_inputs.items() if k != "files"},
+                n_files=len(key_inputs["files"]), sample_rate=cs.sample_rate)
+    (folder / "info.json").write_text(json.dumps(info, indent=1, default=str))  # written last
+
+
+def _read(folder: Path) -> CycleSet:
+    info = json.loads((folder / "info.json").read_text())
+    if (folder / "table.parquet").exists():
+        table = pd.read_parquet(folder / "table.parquet")
+    else:
+        table = pd.read_csv(folder / "table.csv", keep_default_na=False, na_values=[""])
+    waves = np.load(folder / "waves.npy", allow_pickle=False)
+    bounds = np.load(folder / "bounds.npy", allow_pickle=False)
+    return CycleSet(waves, bounds, table, int(info["sample_rate"]), info)
+
+
+def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] | None = print) -> CycleSet:
+    """Cycles of ``spec`` under ``data_cfg``; cached under ``cache_dir`` (None = no cache).
+
+    ``cs.info["cache"]`` is "hit", "miss" or "off". Raises DataSpecError / NoUsableRecordingsError.
+    """
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    if cache_dir is None:
+        cs = build_cycles(s, data_cfg, log)
+        cs.info["cache"] = "off"
+        return cs
+    root = Path(cache_dir)
+    key, inputs = cache_key(s, data_cfg)
+    final = root / f"cycles-{key[:20]}"
+    if (final / "info.json").exists():
+        cs = _read(final)
+        cs.info["cache"] = "hit"
+        cs.info["cache_path"] = str(final)
+        if log is not None:
+            log(f"cache hit: {final}\n{describe(cs)}")
+        return cs
+    cs = build_cycles(s, data_cfg, log)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-cycles-{key[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write(cs, tmp, inputs)
+        try:
+            os.rename(tmp, final)  # atomic publish; fails if another process got there first
+        except OSError:
+            if not (final / "info.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    cs.info["cache"] = "miss"
+    cs.info["cache_path"] = str(final)
+    if log is not None:
+        log(f"cache written: {final}")
+    return cs
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def split_by_group(cycles: CycleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) int64, sorted; whole groups on one side, deterministic by ``seed``.
+
+    Groups are shuffled with ``seed`` and the first round(val_fraction * G) go to validation,
+    clamped to [1, G - 1] so both sides get at least one group. Raises ValueError for < 2 groups.
+    """
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction: {val_fraction!r} is out of range; allowed: (0, 1)")
+    groups = cycles.table["group"].astype(str).to_numpy()
+    uniq = np.unique(groups)  # sorted: independent of row order
+    if len(uniq) < 2:
+        raise ValueError(
+            f"split_by_group: only {len(uniq)} group ({', '.join(uniq[:1])}) in {len(groups)} cycles; a grouped "
+            "train/validation split needs at least 2 groups (patients / recordings)"
+        )
+    rng = np.random.default_rng(int(seed))
+    perm = uniq[rng.permutation(len(uniq))]
+    n_val = int(np.clip(round(val_fraction * len(uniq)), 1, len(uniq) - 1))
+    is_val = np.isin(groups, perm[:n_val])
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+__all__ = ["CODE_VERSION", "CycleSet", "build_cycles", "cache_key", "cycle_window", "describe", "load_cycles",
+           "recording_cycles", "split_by_group"]
