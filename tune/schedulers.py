@@ -1,0 +1,75 @@
+"""ASHA whose rung state survives ``Tuner.restore``.
+
+Ray 2.60 does not save the scheduler with the experiment: ``Tuner.restore`` unpickles the
+scheduler object as it was when the search started, i.e. with empty rungs. Trials resumed after a
+restore would then be compared only against each other, and a rung they already passed would never
+be judged again. ``PersistentASHA`` writes its rungs (milestone -> {trial_id: value}) to a JSON file
+beside the experiment whenever a trial is recorded at a rung, and reloads them the first time it
+sees a trial after a restore, so the resumed search makes the same stop/continue decisions.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray.tune.schedulers import ASHAScheduler
+
+
+class PersistentASHA(ASHAScheduler):
+    def __init__(self, *args, state_file: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.state_file = state_file
+        self._loaded = False
+
+    # -- persistence
+    def _snapshot(self) -> dict:
+        return {"brackets": [[[m, dict(rec)] for m, rec in b._rungs] for b in self._brackets],
+                "num_stopped": self._num_stopped}
+
+    def _dump(self) -> None:
+        if not self.state_file:
+            return
+        tmp = f"{self.state_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self._snapshot(), f)
+        os.replace(tmp, self.state_file)
+
+    def _load_once(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if not self.state_file or not Path(self.state_file).exists():
+            return
+        try:
+            snap = json.loads(Path(self.state_file).read_text())
+        except ValueError:
+            return
+        for b, rungs in zip(self._brackets, snap.get("brackets", [])):
+            saved = {float(m): rec for m, rec in rungs}
+            for m, rec in b._rungs:
+                rec.update({k: float(v) for k, v in saved.get(float(m), {}).items()})
+        self._num_stopped = int(snap.get("num_stopped", 0))
+        n = sum(len(rec) for b in self._brackets for _, rec in b._rungs)
+        print(f"[asha] restored {n} rung records from {self.state_file}")
+
+    def restored_records(self) -> int:
+        return sum(len(rec) for b in self._brackets for _, rec in b._rungs)
+
+    # -- scheduler hooks
+    def on_trial_add(self, tune_controller, trial):
+        self._load_once()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        self._load_once()
+        before = self.restored_records()
+        action = super().on_trial_result(tune_controller, trial, result)
+        if self.restored_records() != before or action == self.STOP:
+            self._dump()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._load_once()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._dump()
