@@ -1,22 +1,40 @@
 # PA-HCL developer entry points. Two commands on a fresh machine:
 #   make search   # installs (first time) and runs the main job: the moco_stage2 search on CPU defaults
 #   make test     # installs (first time) and runs the test suite (what CI runs)
+# Environment details (lock files, Docker, compose): docs/environment.md
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SPACE  ?= moco_stage2
-# CPU is explicit: torch 2.13.0 CPU wheel first, so nothing pulls the multi-GB CUDA build.
+# The install is FROM the lock files (exact versions + sha256 hashes), never from open ranges.
+# CPU is explicit: the lock pins torch==2.13.0+cpu, so nothing pulls the multi-GB CUDA build.
+# On this workplace that wheel comes from /opt/wheels (pip's configured find-links).
 # Off this workplace, point pip at the PyTorch CPU index: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (torch is then installed first from that index by its locked version, the rest from the lock).
 TORCH_INDEX ?=
-TORCH_SPEC  ?= torch==2.13.0
+PIP_VERSION ?= 26.3
+LOCK        := requirements/cpu.lock
+TOOLS_LOCK  := requirements/tools.lock
+TORCH_PIN    = $(shell grep -m1 -o '^torch==[^ ]*' $(LOCK))
 
-.PHONY: setup test search smoke clean-venv
+# `make lock`: regenerate every lock file with uv (installed by `make setup` from the tools lock).
+# CUDA locks are resolved for Linux x86_64 / CPython 3.11 without installing anything.
+LOCK_PLATFORM    := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+# Where uv finds the torch CPU wheel when locking (not on PyPI). Off this workplace:
+#   make lock LOCK_TORCH_CPU_SOURCE="--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match"
+LOCK_TORCH_CPU_SOURCE ?= --find-links /opt/wheels
+UV ?= $(BIN)/uv
+UV_COMPILE = $(UV) pip compile --quiet --config-file requirements/uv.toml --generate-hashes \
+             --custom-compile-command "make lock" $(LOCK_PLATFORM)
 
-$(BIN)/.installed: pyproject.toml
+.PHONY: setup test search smoke clean-venv lock check-env
+
+$(BIN)/.installed: pyproject.toml $(LOCK) $(TOOLS_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q "pip==$(PIP_VERSION)"
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) "$(TORCH_PIN)")
+	$(BIN)/pip install -q --require-hashes -r $(LOCK) -r $(TOOLS_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 setup: $(BIN)/.installed
@@ -29,6 +47,17 @@ search: setup
 
 smoke: setup
 	$(BIN)/python -m pahcl.pretrain --data synthetic --out out/smoke --smoke-test
+
+# Static checks of the container set-up only (also part of `make test`).
+check-env: setup
+	$(BIN)/python -m pytest -q tests/test_environment.py
+
+lock:
+	@test -x "$(UV)" || { echo "uv not found at $(UV): run make setup first (or make lock UV=/path/to/uv)"; exit 1; }
+	$(UV_COMPILE) pyproject.toml requirements/cpu.in --extra dev $(LOCK_TORCH_CPU_SOURCE) -o requirements/cpu.lock
+	$(UV_COMPILE) pyproject.toml requirements/cuda.in --extra cuda -o requirements/cuda.lock
+	$(UV_COMPILE) pyproject.toml requirements/cuda13.in --extra cuda -o requirements/cuda13.lock
+	$(UV_COMPILE) requirements/tools.in -o requirements/tools.lock
 
 clean-venv:
 	rm -rf $(VENV)
