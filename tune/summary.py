@@ -126,7 +126,10 @@ def print_table(df: pd.DataFrame, space, log: Callable[[str], None] = print, tit
     if df.empty:
         text = "(no trials)"
     else:
-        cols = ["rank", "trial_id"] + [c for c in df.columns if c.startswith("param:")] + \
+        searched = [f"param:{k}" for k in sorted(space.params)]
+        if space.effective_batch_size and "param:training.batch_size" in searched:
+            searched.append("param:training.gradient_accumulation_steps")
+        cols = ["rank", "trial_id"] + [c for c in searched if c in df.columns] + \
                (["seed_index"] if df["seed_index"].nunique() > 1 else []) + \
                [space.metric, "epochs", "stopped_early", "status"]
         show = df[cols].rename(columns={c: c[len("param:"):].split(".")[-1] for c in cols if c.startswith("param:")})
