@@ -65,11 +65,12 @@ def _l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def encode_labels(train_labels: Sequence, test_labels: Sequence | None = None):
-    """Map labels to 0..C-1 using the sorted training classes; test labels unseen in training map to -1."""
-    classes = sorted({str(v) for v in train_labels})
+    """Map labels to 0..C-1 over the sorted union of training and test classes (a test class never
+    seen in training gets an index too: it can never be predicted, so its recall is 0)."""
+    classes = sorted({str(v) for v in train_labels} | {str(v) for v in ([] if test_labels is None else test_labels)})
     index = {c: i for i, c in enumerate(classes)}
     y_tr = np.array([index[str(v)] for v in train_labels], dtype=np.int64)
-    y_te = None if test_labels is None else np.array([index.get(str(v), -1) for v in test_labels], dtype=np.int64)
+    y_te = None if test_labels is None else np.array([index[str(v)] for v in test_labels], dtype=np.int64)
     return classes, y_tr, y_te
 
 
@@ -219,11 +220,14 @@ def _labels_of(cycles) -> list | None:
 
 @torch.no_grad()
 def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log_fn=None) -> dict[str, float]:
-    """Per-epoch validation: ``val/knn_acc``, ``val/knn_bal_acc`` (cycle level, training cycles as the
-    bank, validation cycles as queries; omitted when either side has no labels) and ``val/align``,
-    ``val/uniform`` on two views of the validation cycles (``val_views = (x1, x2)`` float [N, 1, L];
-    if None, the un-augmented cycles and a copy with a fixed seeded augmentation are not available
-    so alignment/uniformity are skipped)."""
+    """Per-epoch validation metrics.
+
+    ``val/knn_acc``, ``val/knn_bal_acc``: cycle-level weighted kNN (``evaluation.knn_k``,
+    ``evaluation.knn_temperature``) with the training cycles as the bank and the validation cycles as
+    queries; omitted (and ``log_fn`` told) when either side has no labels.
+    ``val/align``, ``val/uniform``: Wang & Isola on the encoder features of two views of the
+    validation cycles, ``val_views = (x1, x2)`` float arrays [N, 1, L] or [N, L]; omitted if None.
+    """
     out: dict[str, float] = {}
     if val is None or len(val) == 0:
         return out

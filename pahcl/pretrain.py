@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset, why = "tiny", "--smoke-test"
         spec = args.data or "synthetic:8"
         overrides = ["training.num_epochs=2", "training.max_steps_per_epoch=2", "training.warmup_epochs=1",
+                     "model.queue_size=32",  # below the ~44 training cycles of synthetic:8
                      "training.device=cpu", *overrides]
     elif args.preset in (None, "auto"):
         preset = resolve_preset("auto")

@@ -16,8 +16,10 @@ prepare_data = lambda *a, **k: _T.prepare_data(*a, **k)
 
 
 def tiny(**over):
+    # 2 kHz keeps the 1 s windows short (L = 2000) so the tests stay fast on 2 shared cores;
+    # queue 32 < the ~44 training cycles of synthetic:8 (no stale-key warning)
     base = {"training.device": "cpu", "training.max_steps_per_epoch": 2, "training.num_epochs": 2,
-            "training.warmup_epochs": 1}
+            "training.warmup_epochs": 1, "data.sample_rate": 2000, "model.queue_size": 32}
     base.update(over)
     return load_config(preset="tiny", overrides=base)
 
@@ -49,7 +51,7 @@ def test_prepare_data_groups_disjoint(data):
 
 @pytest.mark.parametrize("moco", [False, True])
 def test_gradient_accumulation_equals_mean_of_micro_batch_grads(data, moco):
-    k = 3
+    k = 2
     cfg = tiny(**{"model.use_moco": moco, "training.gradient_accumulation_steps": k, "training.grad_clip_norm": 0.0})
     tr = Trainer(cfg, data[0], None, log=None)
     batches = []
@@ -81,18 +83,19 @@ def test_gradient_accumulation_equals_mean_of_micro_batch_grads(data, moco):
         tr.model._momentum_update = lambda: None
     m = tr._optimizer_step(batches, 0, last_in_epoch=False)
     for r, p in zip(ref, params):
-        torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-6)
+        # fp32 sums in a different order: compare relative to each tensor's norm
+        assert (p.grad - r).norm() <= 1e-4 * r.norm() + 1e-7
     total = torch.stack([r.norm() for r in ref]).norm().item()
     assert m["grad_norm"] == pytest.approx(total, rel=1e-4)
 
 
 def test_loss_falls_on_synthetic(data):
-    cfg = tiny(**{"model.use_moco": False, "training.num_epochs": 12, "training.max_steps_per_epoch": 3,
+    cfg = tiny(**{"model.use_moco": False, "training.num_epochs": 8, "training.max_steps_per_epoch": 3,
                   "training.warmup_epochs": 1, "training.learning_rate": 3e-3})
     rec = Record()
     Trainer(cfg, data[0], None, callbacks=[rec], log=None).fit()
     losses = [m["loss"] for m in rec.steps]
-    assert len(losses) >= 24 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < first * 0.9, (first, last, losses)
 
