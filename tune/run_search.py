@@ -97,12 +97,12 @@ def choose_budget(args) -> str | None:
     if args.budget:
         return args.budget
     if args.smoke_test:
-        return "smoke"
+        return "smoke"  # required: the space file must define budgets.smoke
     if args.data is None:
         import torch
 
         if not torch.cuda.is_available():
-            return "synthetic_cpu"
+            return "?synthetic_cpu"  # "?": used when the space file defines it, else the file as is
     return None
 
 
@@ -191,6 +191,7 @@ def main(argv=None) -> dict[str, Any]:
     space = load_space(args.space, results_root=results_dir, budget=budget,
                        cli={k: v for k, v in cli.items() if k != "seeds"}, log=_log)
     seeds = int(cli.get("seeds") or 1)
+    budget = space.budget
     h = space_hash(space)
     if meta is not None:
         if meta["space_hash"] != h:
@@ -325,7 +326,7 @@ def _build_tuner(space, seeds, total, trainable, exp_path, mlflow_ids, ray_dir, 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
-                                    reuse_actors=False),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

@@ -279,7 +279,11 @@ def _merge_budget(raw: dict, budget: str | None) -> dict:
     out = {k: v for k, v in raw.items() if k != "budgets"}
     if budget is None:
         return out
+    if budget.lstrip("?") in budgets:
+        budget = budget.lstrip("?")
     if budget not in budgets:
+        if budget.startswith("?"):  # optional budget (the CLI's automatic choice): absent -> the file as is
+            return out
         raise SpaceError(f"budgets.{budget}: not defined in this space; defined: {', '.join(budgets) or 'none'}")
     upd = budgets[budget] or {}
     if not isinstance(upd, dict):
@@ -472,6 +476,8 @@ def load_space(
 ) -> Space:
     """Load, merge the budget, inherit, validate. ``cli`` overrides num_samples/max_epochs/data/preset."""
     path, raw = load_space_raw(name_or_path, budget)
+    if budget and budget.startswith("?"):
+        budget = budget[1:] if budget[1:] in ((_read_mapping(path, "space file").get("budgets")) or {}) else None
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
     raw.update({k: v for k, v in cli.items() if k in ("num_samples", "max_epochs", "data", "preset")})
     if "scheduler" in cli:  # e.g. {"grace_period": 1}
@@ -563,26 +569,22 @@ def load_space(
         grace_period=grace, reduction_factor=rf, cpus_per_trial=cpus, gpus_per_trial=gpus, fixed=fixed,
         params=params, effective_batch_size=eff, inherited=inherited, inherited_from=inherited_from, budget=budget,
     )
+    _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
     _validate_against_config(sp)
-    _adjust_grace(sp, log)
     return sp
 
 
 def _validate_against_config(sp: Space) -> None:
-    """Every fixed value and every candidate of every distribution must build a valid Config."""
+    """The fixed values, and then every candidate of every distribution, must build a valid Config."""
     tree = sp.base_tree()
-    base_params = {}
-    for k, d in sp.params.items():
-        base_params[k] = d.candidates()[0]
     try:
-        build_config(tree, sp.trial_overrides(base_params))
+        build_config(tree, sp.trial_overrides({}))
     except ConfigError as e:
-        raise SpaceError(f"fixed/base: the space's fixed values do not build a valid config: {e}") from None
+        raise SpaceError(f"fixed: the fixed/inherited values do not build a valid config: {e}") from None
     for k, d in sp.params.items():
         for v in d.candidates():
-            trial = dict(base_params, **{k: v})
             try:
-                build_config(tree, sp.trial_overrides(trial))
+                build_config(tree, sp.trial_overrides({k: v}))
             except SpaceError as e:
                 raise SpaceError(f"params.{k}: value {v!r}: {e}") from None
             except ConfigError as e:

@@ -1,0 +1,234 @@
+"""Search-space validation, stage inheritance, grace-period rule, hashing, resources (no Ray)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tune_helpers import BASE_SPACE, REPO_ROOT, write_space
+from pahcl.config import ConfigError
+from tune.spaces import RECOMMENDED_DEFAULTS, SpaceError, load_space, space_hash
+
+
+def _space(tmp_path, name="test_stage", **changes):
+    sp = yaml.safe_load(yaml.safe_dump(BASE_SPACE))
+    sp["stage"] = name
+    sp.update(changes)
+    return write_space(tmp_path / f"{name}.yaml", sp)
+
+
+def _params(**extra):
+    p = dict(BASE_SPACE["params"])
+    p.update(extra)
+    return p
+
+
+@pytest.mark.parametrize("stage", ["simclr_stage1", "moco_stage2", "moco_stage3"])
+@pytest.mark.parametrize("budget", [None, "synthetic_cpu", "smoke"])
+def test_shipped_spaces_validate(stage, budget, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sp = load_space(stage, results_root=tmp_path, budget=budget, log=lambda m: None)
+    assert sp.metric == "val/knn_acc" and sp.mode == "max"
+    assert sp.grace_period >= sp.largest_warmup() and sp.max_epochs >= sp.largest_warmup()
+
+
+def test_stage_definitions(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s1 = load_space("simclr_stage1", results_root=tmp_path, log=lambda m: None)
+        s2 = load_space("moco_stage2", results_root=tmp_path, log=lambda m: None)
+        s3 = load_space("moco_stage3", results_root=tmp_path, log=lambda m: None)
+    assert s1.fixed["model.use_moco"] is False
+    lr = s1.params["training.learning_rate"]
+    assert (lr.type, lr.low, lr.high, lr.log) == ("float", 1e-4, 1e-2, True)
+    assert s1.params["training.warmup_epochs"].choices == [5, 10, 20]
+    assert s1.params["training.batch_size"].choices == [32, 64, 128]
+    for bs in (32, 64, 128):  # derived: effective batch stays 256
+        ov = s1.trial_overrides({"training.batch_size": bs})
+        assert ov["training.batch_size"] * ov["training.gradient_accumulation_steps"] == 256
+    assert s2.fixed["model.use_moco"] is True and s2.fixed["model.queue_size"] == 8192
+    assert s2.params["model.moco_momentum"].choices == [0.99, 0.995, 0.999]
+    lr2 = s2.params["training.learning_rate"]  # stage 1 never ran -> centred on 2e-3, x/÷3
+    assert lr2.low == pytest.approx(2e-3 / 3) and lr2.high == pytest.approx(6e-3)
+    assert s3.params["model.queue_size"].choices == [4096, 8192, 16384]
+    assert s3.fixed["model.moco_momentum"] == 0.999
+
+
+BAD = [
+    ("unknown top key", {"learning_rate": 0.1}, "learning_rate"),
+    ("unknown config key", {"params": _params(**{"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2}})},
+     "params.training.lr"),
+    ("bad distribution", {"params": _params(**{"training.learning_rate": {"type": "gauss", "low": 1, "high": 2}})},
+     "params.training.learning_rate.type"),
+    ("empty choices", {"params": _params(**{"model.moco_momentum": {"type": "categorical", "choices": []}})},
+     "params.model.moco_momentum.choices"),
+    ("lr <= 0", {"params": _params(**{"training.learning_rate": {"type": "float", "low": 0.0, "high": 1e-2}})},
+     "params.training.learning_rate"),
+    ("log with low <= 0", {"params": _params(**{"training.learning_rate": {"type": "float", "low": 0, "high": 1e-2,
+                                                                           "log": True}})},
+     "params.training.learning_rate.low"),
+    ("low >= high", {"params": _params(**{"training.learning_rate": {"type": "float", "low": 1e-2, "high": 1e-3}})},
+     "params.training.learning_rate"),
+    ("momentum 1", {"params": _params(**{"model.moco_momentum": {"type": "categorical", "choices": [0.99, 1.0]}})},
+     "params.model.moco_momentum"),
+    ("momentum 0", {"params": _params(**{"model.moco_momentum": {"type": "categorical", "choices": [0.0]}})},
+     "params.model.moco_momentum"),
+    ("queue 0", {"params": _params(**{"model.queue_size": {"type": "categorical", "choices": [0, 64]}})},
+     "params.model.queue_size"),
+    ("wrong type", {"params": _params(**{"training.batch_size": {"type": "categorical", "choices": [8, "big"]}})},
+     "params.training.batch_size"),
+    ("unknown dist key", {"params": _params(**{"model.moco_momentum": {"type": "categorical", "choices": [0.99],
+                                                                       "prior": 1}})},
+     "params.model.moco_momentum.prior"),
+    ("bad mode", {"mode": "maximise"}, "mode"),
+    ("bad metric", {"metric": "accuracy"}, "metric"),
+    ("num_samples 0", {"num_samples": 0}, "num_samples"),
+    ("bad reduction", {"scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 1}},
+     "scheduler.reduction_factor"),
+    ("unknown scheduler key", {"scheduler": {"type": "asha", "patience": 3}}, "scheduler.patience"),
+    ("fixed and searched", {"fixed": {**BASE_SPACE["fixed"], "model.moco_momentum": 0.99}}, "params.model.moco_momentum"),
+    ("raw loss with queue varying",
+     {"metric": "train/loss", "params": _params(**{"model.queue_size": {"type": "categorical", "choices": [32, 64]}}),
+      "fixed": {k: v for k, v in BASE_SPACE["fixed"].items() if k != "model.queue_size"}}, "metric"),
+    ("loss with use_moco varying",
+     {"metric": "loss", "params": _params(**{"model.use_moco": {"type": "categorical", "choices": [True, False]}}),
+      "fixed": {k: v for k, v in BASE_SPACE["fixed"].items() if k != "model.use_moco"}}, "metric"),
+    ("max_epochs below warmup",
+     {"max_epochs": 2, "params": _params(**{"training.warmup_epochs": {"type": "categorical", "choices": [1, 3]}}),
+      "fixed": {k: v for k, v in BASE_SPACE["fixed"].items() if k != "training.warmup_epochs"}}, "max_epochs"),
+    ("derived not a multiple",
+     {"derived": {"effective_batch_size": 20}, "params": _params(**{"training.batch_size": {"type": "categorical",
+                                                                                            "choices": [8, 16]}}),
+      "fixed": {k: v for k, v in BASE_SPACE["fixed"].items() if not k.startswith("training.gradient")
+                and k != "training.batch_size"}}, "effective_batch_size"),
+]
+
+
+@pytest.mark.parametrize("case,changes,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_space_names_the_key(case, changes, key, tmp_path):
+    path = _space(tmp_path, **changes)
+    with pytest.raises(ConfigError) as ei:  # SpaceError is a ConfigError
+        load_space(path, results_root=tmp_path, log=lambda m: None)
+    assert isinstance(ei.value, SpaceError)
+    assert key in str(ei.value), str(ei.value)
+
+
+def test_unsafe_yaml_tag_refused_without_side_effect(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"stage: evil\nfixed: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(SpaceError, match="safe_load"):
+        load_space(path, results_root=tmp_path, log=lambda m: None)
+    assert not marker.exists()
+
+
+def test_grace_period_raised_to_largest_warmup(tmp_path):
+    fixed = {k: v for k, v in BASE_SPACE["fixed"].items() if k != "training.warmup_epochs"}
+    path = _space(tmp_path, max_epochs=4, fixed=fixed,
+                  params=_params(**{"training.warmup_epochs": {"type": "categorical", "choices": [1, 3]}}))
+    logs = []
+    with pytest.warns(UserWarning, match="raised to 3"):
+        sp = load_space(path, results_root=tmp_path, log=logs.append)
+    assert sp.grace_period == 3
+    assert any("grace_period 1 is smaller" in m for m in logs)
+
+
+def _stage2(tmp_path):
+    """A stage-2-like space inheriting lr + warmup from 'prev_stage'."""
+    fixed = {k: v for k, v in BASE_SPACE["fixed"].items() if k != "training.warmup_epochs"}
+    return _space(tmp_path, name="next_stage", max_epochs=30, fixed=fixed,
+                  inherit={"from": "prev_stage", "params": ["training.learning_rate", "training.warmup_epochs"]},
+                  params={"model.moco_momentum": {"type": "categorical", "choices": [0.99, 0.999]},
+                          "training.learning_rate": {"type": "float", "around": "inherited", "factor": 3},
+                          "training.warmup_epochs": {"type": "categorical", "around": "inherited",
+                                                     "multipliers": [0.5, 1, 1.5]}})
+
+
+def test_inherits_from_previous_stage_summary(tmp_path):
+    results = tmp_path / "results"
+    prev = results / "prev_stage"
+    prev.mkdir(parents=True)
+    (prev / "summary.json").write_text(json.dumps({
+        "search_id": "prev_stage-1", "metric": "val/knn_acc",
+        "best": {"trial_id": "abc123", "metric_value": 0.8,
+                 "overrides": {"training.learning_rate": 1e-3, "training.warmup_epochs": 10,
+                               "training.batch_size": 64}}}))
+    logs = []
+    sp = load_space(_stage2(tmp_path), results_root=results, log=logs.append)
+    lr = sp.params["training.learning_rate"]
+    assert lr.low == pytest.approx(1e-3 / 3) and lr.high == pytest.approx(3e-3) and lr.log
+    assert sp.params["training.warmup_epochs"].choices == [5, 10, 15]
+    assert sp.inherited == {"training.learning_rate": 1e-3, "training.warmup_epochs": 10}
+    msg = "\n".join(logs)
+    assert "[inherit] from" in msg and str(prev / "summary.json") in msg and "abc123" in msg
+    assert sp.grace_period == 15  # raised to the largest warmup of the space
+
+
+def test_inherits_from_results_csv_when_no_summary(tmp_path):
+    results = tmp_path / "results"
+    prev = results / "prev_stage"
+    prev.mkdir(parents=True)
+    (prev / "results.csv").write_text("rank,trial_id,param:training.learning_rate,param:training.warmup_epochs,"
+                                      "val/knn_acc\n1,t1,0.004,2,0.9\n2,t2,0.001,4,0.5\n")
+    logs = []
+    sp = load_space(_stage2(tmp_path), results_root=results, log=logs.append)
+    assert sp.inherited["training.learning_rate"] == pytest.approx(0.004)
+    assert sp.params["training.warmup_epochs"].choices == [1, 2, 3]
+    assert any("results.csv" in m for m in logs)
+
+
+def test_missing_previous_stage_falls_back_to_defaults_with_warning(tmp_path):
+    logs = []
+    with pytest.warns(UserWarning, match="never ran"):
+        sp = load_space(_stage2(tmp_path), results_root=tmp_path / "empty", log=logs.append)
+    assert sp.inherited == {"training.learning_rate": RECOMMENDED_DEFAULTS["training.learning_rate"],
+                            "training.warmup_epochs": RECOMMENDED_DEFAULTS["training.warmup_epochs"]}
+    assert sp.params["training.warmup_epochs"].choices == [10, 20, 30]
+    assert any("recommended defaults" in m for m in logs)
+
+
+def test_stage3_inherits_fixed_values(tmp_path):
+    prev = tmp_path / "moco_stage2"
+    prev.mkdir()
+    (prev / "summary.json").write_text(json.dumps({"best": {"trial_id": "x", "overrides": {
+        "model.moco_momentum": 0.995, "training.learning_rate": 5e-4, "training.warmup_epochs": 10}}}))
+    sp = load_space("moco_stage3", results_root=tmp_path, log=lambda m: None)
+    assert sp.fixed["model.moco_momentum"] == 0.995
+    assert sp.fixed["training.learning_rate"] == 5e-4 and sp.fixed["training.warmup_epochs"] == 10
+
+
+def test_space_hash_changes_with_the_file(tmp_path):
+    path = _space(tmp_path)
+    h1 = space_hash(load_space(path, results_root=tmp_path, log=lambda m: None))
+    path.write_text(path.read_text().replace("num_samples: 4", "num_samples: 5"))
+    h2 = space_hash(load_space(path, results_root=tmp_path, log=lambda m: None))
+    assert h1 != h2
+
+
+def test_gpus_auto_on_cpu_is_zero(tmp_path, capsys):
+    import torch
+
+    from tune.resources import plan_resources
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    sp = load_space(_space(tmp_path), results_root=tmp_path, log=lambda m: None)
+    logs = []
+    res = plan_resources(sp, "auto", 1, sp.data, tmp_path, log=logs.append)
+    assert res.gpus == 0 and res.gpu_fraction is None
+    assert "no CUDA" in logs[0]
+
+
+def test_cli_bad_space_exits_2_before_ray(tmp_path):
+    path = _space(tmp_path, mode="sideways")
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "tune" / "run_search.py"), "--space", str(path),
+                          "--results-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "mode" in out.stderr and "allowed" in out.stderr
+    assert not (tmp_path / "r" / "mlflow.db").exists()

@@ -1,0 +1,42 @@
+"""Helpers shared by the tune tests (imported by name; not a conftest so the name cannot clash)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Small, fast, deterministic setup shared by the Ray tests: tiny preset, synthetic:40 (both classes of
+# the validation patients appear in training, so val/knn_acc varies), 2 optimizer steps per epoch.
+BASE_SPACE = {
+    "stage": "test_stage",
+    "base_config": "pahcl/configs/pretrain.yaml",
+    "preset": "tiny",
+    "data": "synthetic:40",
+    "metric": "val/knn_acc",
+    "mode": "max",
+    "num_samples": 4,
+    "max_epochs": 3,
+    "search": {"seed": 0, "max_concurrent_trials": 2},
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    "fixed": {"model.use_moco": True, "model.queue_size": 64, "training.max_steps_per_epoch": 2,
+              "training.log_interval": 1, "training.warmup_epochs": 1, "training.batch_size": 8,
+              "training.gradient_accumulation_steps": 1},
+    "params": {
+        "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "model.moco_momentum": {"type": "categorical", "choices": [0.99, 0.999]},
+    },
+}
+
+
+def write_space(path: Path, space: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
