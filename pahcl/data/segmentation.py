@@ -7,15 +7,19 @@ A cycle is S1 onset -> systole onset -> S2 onset -> diastole onset -> next S1 on
 consecutive, contiguous, complete state sequences 1, 2, 3, 4, 1 count.
 
 Automatic segmenter (Springer et al. 2016 style, without a trained emission model):
-  1. band-pass 25-400 Hz; features at 50 Hz: homomorphic envelope (log |Hilbert| low-passed at
-     8 Hz, exponentiated) and the Hilbert envelope, both robustly normalised;
-  2. heart rate from the autocorrelation of the homomorphic envelope (peak at lag 0.3-2 s) and the
-     systolic interval from the largest autocorrelation peak between 0.2 s and half the cycle;
+  1. one feature at 50 Hz: log |Hilbert envelope| of the 25-400 Hz band, low-passed at 8 Hz (the
+     homomorphic envelope in log form), minus its 0.5 s running median (removes slow loudness
+     changes such as crying, breathing, rubbing), as a robust z-score clipped to [-3, 6];
+  2. heart rate: median over 4 s windows of the feature's autocorrelation; the highest peak at
+     0.3-2 s lag, halved while a peak near half the lag is >= 0.6 as high. Systolic interval
+     (S1 onset -> S2 onset): mean of the highest autocorrelation peak in [0.2 s, cycle / 2] and
+     Weissler's regression 0.49 - 0.0021 * HR s (the regression alone when there is no peak);
   3. duration-dependent (explicit-duration HSMM) Viterbi decoding of the cyclic state chain
      S1 -> systole -> S2 -> diastole with Gaussian state durations (Springer's priors: S1 122+-22
-     ms, S2 94+-22 ms, systole and diastole from the estimated intervals);
-  4. emissions: a per-recording two-class (sound / silence) Gaussian model on the log envelope,
-     then re-estimated per state from the first decoding and decoded again (one hard-EM pass).
+     ms, S2 94+-22 ms, systole interval - 122 ms +- 25 ms, diastole the rest +- (7 % + 6 ms)); the
+     first and last segments may be truncated;
+  4. emissions: a per-recording two-class (sound / silence) Gaussian mixture on the feature, then
+     per-state Gaussians re-estimated from the first decoding and decoded again (one hard-EM pass).
 Measured on CirCor (annotations hidden) by ``bench/segmentation_f1.py``; see docs/segmentation.md.
 """
 from __future__ import annotations
@@ -26,6 +30,14 @@ from scipy.signal import butter, hilbert, resample_poly, sosfiltfilt
 from .types import STATE_DIASTOLE, STATE_S1, STATE_S2, STATE_SYSTOLE, Cycle
 
 FEATURE_RATE = 50  # Hz
+ENVELOPE_LOWPASS = 8.0  # Hz
+DETREND_S = 0.5  # running-median window removed from the log envelope
+HALF_PEAK_RATIO = 0.6
+DETREND_PERCENTILE = 50  # 50 = running median
+SYS_MODE = "blend"  # systolic interval: "autocorr" peak, literature "prior", or their mean
+PRIOR_A, PRIOR_B = 0.49, 0.0021  # Weissler QS2 = 546 - 2.1 HR ms, minus ~55 ms Q -> S1 onset
+DIA_SD_FRAC = 0.07  # diastole duration sd = DIA_SD_FRAC * mean + 6 ms (Springer)
+BOUND_SD = 3.0  # diastole durations allowed within mean +- BOUND_SD sd
 _CONTIGUITY_S = 0.005  # gap tolerated between consecutive annotation rows
 
 
@@ -57,23 +69,34 @@ def from_annotations(annotations: np.ndarray, sample_rate: int, n_samples: int |
 # ----------------------------------------------------------------------------- features
 
 
-def _features(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """Signal float [T] -> (log homomorphic envelope, Hilbert envelope), both float64 [F] at FEATURE_RATE."""
-    x = np.asarray(x, dtype=np.float64)
-    hi = min(400.0, 0.45 * sr)
-    sos = butter(4, [25.0, hi], btype="band", fs=sr, output="sos")
-    if len(x) > 30:
-        x = sosfiltfilt(sos, x)
-    env = np.abs(hilbert(x)) + 1e-8
-    lp = butter(1, 8.0, btype="low", fs=sr, output="sos")
-    log_homo = sosfiltfilt(lp, np.log(env))  # low-passed log envelope
+def _features(x: np.ndarray, sr: int) -> np.ndarray:
+    """Signal float [T] -> transient envelope feature float64 [F] at FEATURE_RATE.
+
+    log |Hilbert| low-passed at ENVELOPE_LOWPASS Hz (a homomorphic envelope in log form), minus its
+    running median over DETREND_S (removes slow loudness changes: breathing, crying, rubbing), as a
+    robust z-score clipped to [-3, 6] so a noise burst cannot dominate.
+    """
     from math import gcd
 
+    from scipy.ndimage import median_filter
+
+    x = np.asarray(x, dtype=np.float64)
+    hi = min(400.0, 0.45 * sr)
+    if len(x) > 30:
+        x = sosfiltfilt(butter(4, [25.0, hi], btype="band", fs=sr, output="sos"), x)
+    log_env = np.log(np.abs(hilbert(x)) + 1e-8)
+    log_env = sosfiltfilt(butter(1, ENVELOPE_LOWPASS, btype="low", fs=sr, output="sos"), log_env)
     g = gcd(int(sr), FEATURE_RATE)
-    down = lambda v: resample_poly(v, FEATURE_RATE // g, int(sr) // g)  # noqa: E731
-    f_homo = down(log_homo)
-    f_hilb = down(sosfiltfilt(butter(2, 20.0, btype="low", fs=sr, output="sos"), env))
-    return f_homo, np.maximum(f_hilb, 1e-8)
+    f = resample_poly(log_env, FEATURE_RATE // g, int(sr) // g)
+    if DETREND_S > 0:
+        size = max(3, int(DETREND_S * FEATURE_RATE) | 1)
+        if DETREND_PERCENTILE == 50:
+            f = f - median_filter(f, size=size, mode="nearest")
+        else:
+            from scipy.ndimage import percentile_filter
+
+            f = f - percentile_filter(f, DETREND_PERCENTILE, size=size, mode="nearest")
+    return np.clip(_robust_z(f), -3.0, 6.0)
 
 
 def _robust_z(v: np.ndarray) -> np.ndarray:
@@ -82,20 +105,51 @@ def _robust_z(v: np.ndarray) -> np.ndarray:
     return (v - med) / mad
 
 
-def heart_rate(log_homo: np.ndarray, fs: int = FEATURE_RATE) -> tuple[float, float]:
-    """(cycle duration s, systolic interval s) from the envelope autocorrelation."""
-    e = np.exp(log_homo - log_homo.max())
-    e = e - e.mean()
-    n = len(e)
-    ac = np.correlate(e, e, mode="full")[n - 1 :]
-    ac = ac / (ac[0] + 1e-12)
-    lo, hi = int(0.3 * fs), min(int(2.0 * fs), n - 1)
-    if hi <= lo + 1:
-        return 0.8, 0.3
-    cyc = lo + int(np.argmax(ac[lo:hi]))
-    s_lo, s_hi = int(0.2 * fs), max(int(0.2 * fs) + 1, cyc // 2)
-    sys = s_lo + int(np.argmax(ac[s_lo:s_hi])) if s_hi < n else s_lo
-    return cyc / fs, sys / fs
+def _windowed_autocorr(v: np.ndarray, fs: int = FEATURE_RATE, win_s: float = 4.0, hop_s: float = 1.0,
+                       max_lag_s: float = 2.0) -> np.ndarray:
+    """Median over 4 s windows of each window's normalised autocorrelation: float [max_lag + 1]."""
+    W = min(len(v), int(win_s * fs))
+    H = int(hop_s * fs)
+    M = min(int(max_lag_s * fs) + 1, W)
+    acs = []
+    for s in range(0, max(1, len(v) - W + 1), H):
+        w = v[s : s + W] - v[s : s + W].mean()
+        ac = np.correlate(w, w, mode="full")[W - 1 : W - 1 + M]
+        if ac[0] > 0:
+            acs.append(ac / ac[0])
+    return np.median(np.asarray(acs), axis=0) if acs else np.zeros(M)
+
+
+def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE) -> tuple[float, float]:
+    """(cycle duration s, systolic interval s) from the windowed autocorrelation of the feature.
+
+    Cycle: the highest autocorrelation peak at 0.3-2 s, replaced by a peak near half its lag while
+    that one is at least HALF_PEAK_RATIO as high (guards against picking two beats). Systolic
+    interval (S1 onset -> S2 onset): the highest peak at 0.2 s .. half the cycle (else 0.4 cycle).
+    """
+    from scipy.signal import find_peaks
+
+    ac = _windowed_autocorr(feature, fs)
+    pk, _ = find_peaks(ac)
+    cand = pk[(pk >= int(0.3 * fs)) & (pk <= int(2.0 * fs))]
+    if len(cand) == 0:
+        return 0.8, 0.32
+    p = int(cand[np.argmax(ac[cand])])
+    while True:
+        near = cand[np.abs(cand - p / 2) <= max(2.0, 0.1 * p / 2)]
+        if len(near) and ac[near].max() >= HALF_PEAK_RATIO * ac[p]:
+            p = int(near[np.argmax(ac[near])])
+        else:
+            break
+    cycle_s = p / fs
+    prior = PRIOR_A - PRIOR_B * 60.0 / cycle_s  # S1 -> S2 onset interval (s) vs heart rate (bpm)
+    sys_c = pk[(pk >= int(0.2 * fs)) & (pk <= p / 2)]
+    if SYS_MODE == "prior" or len(sys_c) == 0:
+        return cycle_s, prior
+    sys_s = float(sys_c[np.argmax(ac[sys_c])]) / fs
+    if SYS_MODE == "blend":
+        sys_s = 0.5 * (sys_s + prior)
+    return cycle_s, sys_s
 
 
 # ----------------------------------------------------------------------------- HSMM decoding
@@ -161,13 +215,13 @@ def _durations(cycle_s: float, sys_s: float, fs: int) -> np.ndarray:
     m_sys = max(sys_s * fs - m_s1, 0.05 * fs)
     sd_sys = 0.025 * fs
     m_dia = max((cycle_s - sys_s - 0.094) * fs, 0.08 * fs)
-    sd_dia = 0.07 * m_dia + 0.006 * fs
-    D = int(np.ceil(max(m_dia + 3 * sd_dia, m_sys + 3 * sd_sys) + 2))
+    sd_dia = DIA_SD_FRAC * m_dia + 0.006 * fs
+    D = int(np.ceil(max(m_dia + BOUND_SD * sd_dia, m_sys + 3 * sd_sys) + 2))
     cols = [
         _duration_logpdf(m_s1, sd_s1, max(1, m_s1 - 3 * sd_s1), m_s1 + 3 * sd_s1, D),
         _duration_logpdf(m_sys, sd_sys, max(1, m_sys - 3 * sd_sys), m_sys + 3 * sd_sys, D),
         _duration_logpdf(m_s2, sd_s2, max(1, m_s2 - 3 * sd_s2), m_s2 + 3 * sd_s2, D),
-        _duration_logpdf(m_dia, sd_dia, max(1, m_dia - 3 * sd_dia), m_dia + 3 * sd_dia, D),
+        _duration_logpdf(m_dia, sd_dia, max(1, m_dia - BOUND_SD * sd_dia), m_dia + BOUND_SD * sd_dia, D),
     ]
     return np.stack(cols, axis=1)
 
@@ -208,9 +262,8 @@ def segment_states(signal: np.ndarray, sample_rate: int, refine: int = 1) -> lis
     x = np.asarray(signal, dtype=np.float64)
     if len(x) < int(0.3 * sample_rate):
         return []
-    log_homo, hilb = _features(x, sample_rate)
-    v = _robust_z(log_homo)
-    cycle_s, sys_s = heart_rate(log_homo)
+    v = _features(x, sample_rate)
+    cycle_s, sys_s = heart_rate(v)
     logp = _durations(cycle_s, sys_s, FEATURE_RATE)
     segs = _viterbi(_two_class_emissions(v), logp)
     for _ in range(refine):
