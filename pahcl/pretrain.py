@@ -46,7 +46,7 @@ def _parse(argv):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    from pahcl.checkpoint import load_checkpoint
+    from pahcl.checkpoint import CheckpointError, load_checkpoint
     from pahcl.config import ConfigError, build_config, dump_config, load_config, resolve_preset
     from pahcl.train import Trainer, prepare_data
 
@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"preset: {preset} ({why})")
     except ConfigError as e:
         say(f"config error: {e}")
+        return 2
+    except CheckpointError as e:
+        say(f"cannot resume: {e}")
         return 2
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")

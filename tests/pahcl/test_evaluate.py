@@ -143,3 +143,26 @@ def test_logspec_knn_on_yaseen_recording_level(tmp_path):
                           level="recording", rec_test=test.table["recording_id"].tolist(), k=20)
     assert m["n"] >= 150  # recordings on the test side (up to 200)
     assert m["accuracy"] > 0.5, m  # chance is 0.25
+
+
+def test_cli_prints_one_json(tmp_path, capsys):
+    import json
+
+    from pahcl.config import load_config
+    from pahcl.evaluate import main
+    from pahcl.train import Trainer, prepare_data
+
+    cfg = load_config(preset="tiny", overrides={"data.sample_rate": 2000, "model.queue_size": 32,
+                                                 "training.device": "cpu"})
+    train, _ = prepare_data(cfg, "synthetic:8", cache_dir=tmp_path / "cache", log=lambda m: None)
+    ckpt = Trainer(cfg, train, None, log=None).save_checkpoint(tmp_path / "c.pt")
+    common = ["--train", "synthetic:8", "--test", "synthetic:8", "--cache-dir", str(tmp_path / "cache")]
+    for extra, features in [(["--checkpoint", str(ckpt)], "pretrained"),
+                            (["--checkpoint", str(ckpt), "--random-init", "--protocol", "linear"], "random_init"),
+                            (["--baseline", "logspec", "--checkpoint", str(ckpt), "--level", "recording"], "logspec")]:
+        assert main(common + extra) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1
+        res = json.loads(lines[0])
+        assert res["features"] == features and 0 <= res["accuracy"] <= 1
+        assert {"accuracy", "balanced_accuracy", "per_class_recall", "n", "protocol", "level"} <= set(res)
