@@ -38,6 +38,7 @@ SYS_MODE = "blend"  # systolic interval: "autocorr" peak, literature "prior", or
 PRIOR_A, PRIOR_B = 0.49, 0.0021  # Weissler QS2 = 546 - 2.1 HR ms, minus ~55 ms Q -> S1 onset
 DIA_SD_FRAC = 0.07  # diastole duration sd = DIA_SD_FRAC * mean + 6 ms (Springer)
 BOUND_SD = 3.0  # diastole durations allowed within mean +- BOUND_SD sd
+REFINE = 1  # hard-EM passes (per-state emissions re-estimated from the previous decoding)
 _CONTIGUITY_S = 0.005  # gap tolerated between consecutive annotation rows
 
 
@@ -257,7 +258,7 @@ def _state_emissions(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def segment_states(signal: np.ndarray, sample_rate: int, refine: int = 1) -> list[tuple[int, int, int]]:
+def segment_states(signal: np.ndarray, sample_rate: int, refine: int | None = None) -> list[tuple[int, int, int]]:
     """Decoded state segments (start_sample, end_sample, state 1..4) covering the signal."""
     x = np.asarray(signal, dtype=np.float64)
     if len(x) < int(0.3 * sample_rate):
@@ -266,7 +267,7 @@ def segment_states(signal: np.ndarray, sample_rate: int, refine: int = 1) -> lis
     cycle_s, sys_s = heart_rate(v)
     logp = _durations(cycle_s, sys_s, FEATURE_RATE)
     segs = _viterbi(_two_class_emissions(v), logp)
-    for _ in range(refine):
+    for _ in range(REFINE if refine is None else refine):
         labels = np.empty(len(v), dtype=np.int64)
         for a, b, j in segs:
             labels[a:b] = j

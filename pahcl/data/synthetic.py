@@ -30,6 +30,8 @@ per second on one core (see ``bench`` / ``python -m pahcl.data.synthetic``).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.signal import butter, sosfilt
 
@@ -47,6 +49,11 @@ _BANDS = {  # murmur noise band (Hz) per class
     "midsystolic_click": (120.0, 400.0),
     "diastolic_rumble": (30.0, 90.0),
 }
+
+
+@lru_cache(maxsize=None)
+def _band_sos(cls: str, fs: int) -> np.ndarray:
+    return butter(4, _BANDS[cls], btype="band", fs=fs, output="sos")
 
 
 def _patient_params(seed: int, patient: int) -> dict:
@@ -149,8 +156,7 @@ def generate_recording(index: int, seed: int = 0, fs: int = NATIVE_RATE) -> Reco
         else:  # faint innocent early-systolic murmur of some normal patients
             u = (t - a) / np.maximum(0.5 * (b - a), 1e-3)
             env = np.where((u > 0) & (u < 1), np.sin(np.pi * u), 0.0)
-        sos = butter(4, _BANDS[cls], btype="band", fs=fs, output="sos")
-        noise = sosfilt(sos, rng.standard_normal(n))
+        noise = sosfilt(_band_sos(cls, fs), rng.standard_normal(n))
         noise /= np.std(noise) + 1e-12
         x += p["murmur"] * 0.6 * env * inside * noise
     # --- background noise at a set SNR, overall gain ------------------------------------------
