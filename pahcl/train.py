@@ -160,7 +160,8 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
     n = s["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = n["keys"].cpu().numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
+    np.random.set_state((n["kind"], keys.astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = s["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
