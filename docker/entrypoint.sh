@@ -2,6 +2,7 @@
 # Entry point of the PA-HCL images (docker/Dockerfile).
 #
 #   entrypoint.sh [--option ...]        run the search: python tune/run_search.py [--option ...]
+#                                        (with SEARCH_DATA set: plus --data "$SEARCH_DATA")
 #                                        (with RAY_CLUSTER=host:port set: join that Ray cluster as a
 #                                        node first, then run the search with --address host:port)
 #   entrypoint.sh ray-head [ray start options]     start a Ray head node (blocks)
@@ -58,6 +59,10 @@ case "${1:-}" in
         join_cluster "$RAY_CLUSTER" --block "$@"
         ;;
     "" | -*)
+        if [ -n "${SEARCH_DATA:-}" ]; then
+            # data spec (compose: DATA=...); unset: the space's own (synthetic) default and budget
+            set -- "$@" --data "$SEARCH_DATA"
+        fi
         if [ -n "${RAY_CLUSTER:-}" ]; then
             # A driver must run on a node of the cluster: join (this container's GPUs included),
             # then point the search at the cluster.
