@@ -69,23 +69,173 @@ def _scan_chunk(x, delta, A, B, C, h0):
         if 2 * s < T:  # the last step does not need the products any more
             a = torch.cat([a[:, :s], a[:, s:] * a[:, :-s]], dim=1)
         s *= 2
-    y = torch.matmul(b, C.unsqueeze(-1)).squeeze(-1)  # (B×T×D×N) @ (B×T×N×1) -> B×T×D
+    y = (b * C.unsqueeze(2)).sum(-1)  # B×T×D×N · B×T×1×N -> B×T×D
     return y, b[:, -1]
 
 
-def selective_scan(x, delta, A, B, C, D, chunk_size: int = 32, use_checkpoint: bool | None = None):
+class _ChunkedScanFn(torch.autograd.Function):
+    """Chunked selective scan (without the D·x skip) with a hand-written backward.
+
+    Forward keeps only the inputs and the state at each chunk start (nC×B×D×N); backward walks the
+    chunks in reverse, recomputes that chunk's states from its start state (per-chunk recomputation,
+    as with activation checkpointing), and runs the adjoint recurrence
+    g_t = dL/dh_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse Hillis-Steele scan. All per-chunk work
+    happens in a few preallocated B×T×D×N buffers reused across chunks and layers of the loop (fresh
+    large allocations page-fault on every op; that dominated the plain-autograd version on CPU).
+    """
+
+    @staticmethod
+    def _scan(a, b, a_bufs, b_bufs, reverse: bool = False):
+        """Inclusive scan over dim 1 of b_t <- a_t·b_{t-1} + b_t (reverse: a_t·b_{t+1} + b_t).
+
+        a, b: B×n×D×N; b must be ``b_bufs[0][:, :n]`` or ``b_bufs[1][:, :n]``; ``a`` is read only.
+        Ping-pongs between the buffers (one fused addcmul per step, no temporaries); returns the
+        result view (in one of ``b_bufs``). a_bufs: two scratch buffers for the window products.
+        """
+        n = a.shape[1]
+        bi = 0 if b.data_ptr() == b_bufs[0].data_ptr() else 1
+        ai = -1  # -1: still reading the caller's a
+        s = 1
+        while s < n:
+            m = n - s
+            src_b, dst_b = b_bufs[bi][:, :n], b_bufs[1 - bi][:, :n]
+            src_a = a if ai < 0 else a_bufs[ai][:, :n]
+            if reverse:  # t in [0, m) reads t + s; [m, n) unchanged
+                dst_b[:, m:].copy_(src_b[:, m:])
+                torch.addcmul(src_b[:, :m], src_a[:, :m], src_b[:, s:], out=dst_b[:, :m])
+            else:  # t in [s, n) reads t - s; [0, s) unchanged
+                dst_b[:, :s].copy_(src_b[:, :s])
+                torch.addcmul(src_b[:, s:], src_a[:, s:], src_b[:, :m], out=dst_b[:, s:])
+            bi = 1 - bi
+            if 2 * s < n:  # window products for the next step (not needed after the last)
+                ao = 0 if ai != 0 else 1
+                dst_a = a_bufs[ao][:, :n]
+                if reverse:
+                    dst_a[:, m:].copy_(src_a[:, m:])
+                    torch.mul(src_a[:, :m], src_a[:, s:], out=dst_a[:, :m])
+                else:
+                    dst_a[:, :s].copy_(src_a[:, :s])
+                    torch.mul(src_a[:, s:], src_a[:, :m], out=dst_a[:, s:])
+                ai = ao
+            s *= 2
+        return b_bufs[bi][:, :n]
+
+    @staticmethod
+    def _chunk_states(delta_c, u_c, A, B_c, h0, a, b_bufs, a_bufs):
+        """Chunk states: a <- exp(delta_t A) (kept), returns h (B×n×D×N view into b_bufs)."""
+        n = delta_c.shape[1]
+        torch.mul(delta_c.unsqueeze(-1), A, out=a)
+        a.exp_()  # a_t = exp(delta_t A): B×n×D×N, in (0, 1]
+        b = b_bufs[0][:, :n]
+        torch.mul(u_c.unsqueeze(-1), B_c.unsqueeze(2), out=b)  # b_t = delta_t x_t B_t: B×n×D×N
+        b[:, 0].addcmul_(a[:, 0], h0)  # fold the carried state into step 0
+        return _ChunkedScanFn._scan(a, b, a_bufs, b_bufs)
+
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, chunk_size: int):
+        Bsz, L, Dn = x.shape
+        N = A.shape[1]
+        T = min(chunk_size, L)
+        u = delta * x  # B×L×D
+        a = x.new_empty(Bsz, T, Dn, N)
+        a_bufs = [x.new_empty(Bsz, T, Dn, N) for _ in range(2)]
+        b_bufs = [x.new_empty(Bsz, T, Dn, N) for _ in range(2)]
+        h = x.new_zeros(Bsz, Dn, N)  # B×D×N
+        starts = []
+        y = x.new_empty(Bsz, L, Dn)  # B×L×D
+        for t0 in range(0, L, T):
+            t1 = min(t0 + T, L)
+            n = t1 - t0
+            starts.append(h)
+            hc = _ChunkedScanFn._chunk_states(delta[:, t0:t1], u[:, t0:t1], A, B[:, t0:t1], h, a[:, :n], b_bufs, a_bufs)
+            y[:, t0:t1] = torch.matmul(hc, C[:, t0:t1].unsqueeze(-1)).squeeze(-1)  # y_t = h_t·C_t: B×n×D
+            h = hc[:, -1].clone()  # B×D×N
+        ctx.chunk = T
+        ctx.save_for_backward(x, delta, A, B, C, torch.stack(starts))  # starts: nC×B×D×N
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, delta, A, B, C, starts = ctx.saved_tensors
+        T = ctx.chunk
+        Bsz, L, Dn = x.shape
+        N = A.shape[1]
+        gy = gy.contiguous()
+        u = delta * x  # B×L×D
+        a = x.new_empty(Bsz, T, Dn, N)
+        a_bufs = [x.new_empty(Bsz, T, Dn, N) for _ in range(2)]
+        b_bufs = [x.new_empty(Bsz, T, Dn, N) for _ in range(2)]
+        g_bufs = [x.new_empty(Bsz, T, Dn, N) for _ in range(2)]
+        scratch = x.new_empty(Bsz, T, Dn, N)  # with a_bufs[1]: window products of the reverse scan
+        du, ddelta = torch.empty_like(x), torch.empty_like(x)  # B×L×D
+        dB, dC = torch.empty_like(B), torch.empty_like(C)  # B×L×N
+        dA = torch.zeros_like(A)  # D×N
+        carry = x.new_zeros(Bsz, Dn, N)  # a_{t1}·g_{t1} from the chunk after this one
+        for c in range(starts.shape[0] - 1, -1, -1):
+            t0 = c * T
+            t1 = min(t0 + T, L)
+            n = t1 - t0
+            ac = a[:, :n]
+            d_c, u_c, B_c, C_c, gy_c = delta[:, t0:t1], u[:, t0:t1], B[:, t0:t1], C[:, t0:t1], gy[:, t0:t1]
+            hc = _ChunkedScanFn._chunk_states(d_c, u_c, A, B_c, starts[c], ac, b_bufs, a_bufs)  # B×n×D×N
+            dC[:, t0:t1] = torch.matmul(hc.transpose(-1, -2), gy_c.unsqueeze(-1)).squeeze(-1)  # sum_d dy h: B×n×N
+            # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}; the chunk's last step gets the carry
+            g0 = g_bufs[0][:, :n]
+            torch.mul(gy_c.unsqueeze(-1), C_c.unsqueeze(2), out=g0)  # B×n×D×N
+            g0[:, -1].add_(carry)
+            ap = a_bufs[0][:, :n]  # ap_t = a_{t+1}; the last one is never read by the reverse scan
+            ap[:, : n - 1].copy_(ac[:, 1:])
+            ap[:, n - 1].zero_()
+            gc = _ChunkedScanFn._scan(ap, g0, [a_bufs[1], scratch], g_bufs, reverse=True)  # B×n×D×N
+            carry = ac[:, 0] * gc[:, 0]  # B×D×N, for the previous chunk
+            # db_t = g_t -> du_t = sum_n g B_t ; dB_t = sum_d g u_t
+            du[:, t0:t1] = torch.matmul(gc, B_c.unsqueeze(-1)).squeeze(-1)
+            dB[:, t0:t1] = torch.matmul(gc.transpose(-1, -2), u_c.unsqueeze(-1)).squeeze(-1)
+            # w_t = d(delta_t A) = g_t h_{t-1} a_t  (h_{t-1} built in the spare g buffer)
+            w = g_bufs[1] if gc.data_ptr() == g_bufs[0].data_ptr() else g_bufs[0]
+            w = w[:, :n]
+            w[:, 1:].copy_(hc[:, :-1])
+            w[:, 0].copy_(starts[c])
+            w.mul_(gc).mul_(ac)  # B×n×D×N
+            ddelta[:, t0:t1] = torch.mul(w, A, out=a_bufs[0][:, :n]).sum(-1)  # sum_n w A: B×n×D
+            w.mul_(d_c.unsqueeze(-1))
+            dA += w.sum(dim=(0, 1))  # D×N
+        dx = du * delta
+        ddelta += du * x
+        return dx, ddelta, dA, dB, dC, None
+
+
+SCAN_IMPLS = ("fused", "checkpoint")
+SCANS = (*SCAN_IMPLS, "naive")
+
+
+def selective_scan(x, delta, A, B, C, D, chunk_size: int = 32, impl: str = "fused", use_checkpoint: bool | None = None):
     """Chunked selective scan; same maths and signature as :func:`selective_scan_ref`.
 
-    Memory: O(B·chunk_size·D·N) for the states (per chunk, recomputed in backward when
-    ``use_checkpoint``; default: whenever grad is enabled and an input requires grad).
-    Computed in float32 (or float64 if given); the result has x's dtype.
+    x, delta: B×L×D; A: D×N; B, C: B×L×N; D: D -> y: B×L×D. Chunks of ``chunk_size`` tokens carry
+    the state; within a chunk the states come from a parallel (Hillis-Steele) scan and are reduced to
+    y at once, so the full B×L×D×N state tensor never exists. Memory: O(B·chunk_size·D·N).
+
+    impl="fused" (default): :class:`_ChunkedScanFn`, one autograd node with a hand-written backward
+    that recomputes each chunk's states (per-chunk recomputation, like checkpointing, in reused buffers).
+    impl="checkpoint": plain autograd per chunk, each chunk wrapped in
+    ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` when grad is enabled (``use_checkpoint``
+    overrides); reference for the fused version and for double-backward.
+    Computed in float32 (float64 if given); the result has x's dtype.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"impl must be one of {SCAN_IMPLS}, got {impl!r}")
     out_dtype = x.dtype
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, delta, A, B, C, D = (t.to(work) for t in (x, delta, A, B, C, D))
     Bsz, L, Dn = x.shape
+    if L == 0:
+        return (D * x).to(out_dtype)
+    if impl == "fused":
+        y = _ChunkedScanFn.apply(x.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk_size)
+        return (y + D * x).to(out_dtype)  # B×L×D
     if use_checkpoint is None:
         use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (x, delta, A, B, C))
     h = x.new_zeros(Bsz, Dn, A.shape[1])  # B×D×N
@@ -97,7 +247,7 @@ def selective_scan(x, delta, A, B, C, D, chunk_size: int = 32, use_checkpoint: b
         else:
             y, h = _scan_chunk(xc, dc, A, bc, cc, h)
         ys.append(y)  # B×T×D
-    y = torch.cat(ys, dim=1) if ys else x.new_zeros(x.shape)  # B×L×D
+    y = torch.cat(ys, dim=1)  # B×L×D
     return (y + D * x).to(out_dtype)
 
 
@@ -130,16 +280,16 @@ class MambaTorch(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         chunk_size: int = 32,
-        scan: str = "chunked",
+        scan: str = "fused",
     ):
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.chunk_size = chunk_size
-        if scan not in ("chunked", "naive"):
-            raise ValueError(f"scan must be 'chunked' or 'naive', got {scan!r}")
-        self.scan = scan  # "naive" only for tests/benchmarks
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
+        self.scan = scan  # "fused" (default) | "checkpoint" | "naive" (tests/benchmarks only)
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias)
         self.conv1d = nn.Conv1d(
@@ -182,7 +332,7 @@ class MambaTorch(nn.Module):
         if self.scan == "naive":
             y = selective_scan_ref(x, delta, A, Bm, Cm, self.D.float())  # B×L×E
         else:
-            y = selective_scan(x, delta, A, Bm, Cm, self.D.float(), chunk_size=self.chunk_size)  # B×L×E
+            y = selective_scan(x, delta, A, Bm, Cm, self.D.float(), chunk_size=self.chunk_size, impl=self.scan)  # B×L×E
         y = y.to(x.dtype) * F.silu(z)
         return self.out_proj(y)  # B×L×d_model
 
@@ -242,6 +392,7 @@ class MambaLayer(nn.Module):
 __all__ = [
     "BACKENDS",
     "MambaBackendError",
+    "SCANS",
     "MambaLayer",
     "MambaTorch",
     "make_mixer",
