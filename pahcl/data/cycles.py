@@ -6,6 +6,9 @@
     cs.table   # per cycle: recording_id, group, label, cycle_index, start_sample, source, dataset, ...
     train_idx, val_idx = split_by_group(cs, cfg.data.val_fraction, cfg.seed)
 
+Window: the cycle's samples from its S1 onset to the next S1 onset, zero-padded to L (or cropped
+to L when the cycle is longer).
+
 Per recording: ``preprocess_signal`` (resample, band-pass, spike removal, z-normalise), then cycles
 from the annotations when present (``source = "annotations"``; CirCor .tsv, synthetic), else from
 the automatic segmenter (``source = "auto"``; also the fallback when annotations give no complete
@@ -40,7 +43,7 @@ from .readers import DataSpec, NoUsableRecordingsError, SkipLog, iter_recordings
 from .segmentation import from_annotations, segment
 from .types import Cycle, Recording
 
-CODE_VERSION = "pahcl-data-1"  # bump when preprocessing / segmentation / windowing changes
+CODE_VERSION = "pahcl-data-2"  # bump when preprocessing / segmentation / windowing changes
 TABLE_COLUMNS = ["recording_id", "group", "label", "cycle_index", "start_sample", "source"]
 _META_COLUMNS = ["dataset", "cycle_length", "murmur", "outcome", "site"]
 
@@ -80,9 +83,13 @@ class CycleSet:
 
 
 def cycle_window(x: np.ndarray, c: Cycle, L: int) -> tuple[np.ndarray, np.ndarray]:
-    """One cycle -> (float32 [L] window from S1 onset, zero-padded or cropped; int64 [5] bounds in [0, L])."""
+    """One cycle -> (float32 [L], int64 [5] bounds in [0, L]).
+
+    The window holds the cycle only (S1 onset up to the next S1 onset), zero-padded to L when the
+    cycle is shorter, cropped when it is longer: no sound of the next cycle leaks into it.
+    """
     w = np.zeros(L, dtype=np.float32)
-    seg = x[c.s1_onset : c.s1_onset + L]
+    seg = x[c.s1_onset : min(c.next_s1_onset, c.s1_onset + L)]
     w[: len(seg)] = seg
     b = np.clip(np.asarray(c.as_tuple(), dtype=np.int64) - c.s1_onset, 0, L)
     return w, b

@@ -147,3 +147,17 @@ def test_dataset_independent_of_worker_count(small_cycles):
         dl = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False, num_workers=workers)
         batches.append(torch.cat([b["view1"] for b in dl]))
     assert torch.equal(batches[0], batches[1])
+
+
+def test_window_holds_the_cycle_only():
+    from pahcl.data.cycles import cycle_window
+    from pahcl.data.types import Cycle
+
+    x = np.arange(1, 3001, dtype=np.float32)
+    w, b = cycle_window(x, Cycle(100, 200, 400, 500, 900), 1000)  # short cycle: zero-padded
+    assert np.array_equal(w[:800], x[100:900]) and (w[800:] == 0).all()
+    assert b.tolist() == [0, 100, 300, 400, 800]
+    w, b = cycle_window(x, Cycle(100, 300, 700, 900, 1600), 1000)  # long cycle: cropped, bounds clipped
+    assert np.array_equal(w, x[100:1100]) and b.tolist() == [0, 200, 600, 800, 1000]
+    w, b = cycle_window(x, Cycle(2500, 2600, 2800, 2900, 3000), 1000)  # recording end
+    assert np.array_equal(w[:500], x[2500:]) and (w[500:] == 0).all()
