@@ -11,7 +11,7 @@ Automatic segmenter (Springer et al. 2016 style, without a trained emission mode
      homomorphic envelope in log form), minus its 0.5 s running median (removes slow loudness
      changes such as crying, breathing, rubbing), as a robust z-score clipped to [-3, 6];
   2. heart rate: median over 4 s windows of the feature's autocorrelation; the highest peak at
-     0.3-2 s lag, halved while a peak near half the lag is >= 0.6 as high. Systolic interval
+     0.3-2 s lag, halved while a peak near half the lag is >= 0.9 as high. Systolic interval
      (S1 onset -> S2 onset): mean of the highest autocorrelation peak in [0.2 s, cycle / 2] and
      Weissler's regression 0.49 - 0.0021 * HR s (the regression alone when there is no peak);
   3. duration-dependent (explicit-duration HSMM) Viterbi decoding of the cyclic state chain
@@ -32,7 +32,7 @@ from .types import STATE_DIASTOLE, STATE_S1, STATE_S2, STATE_SYSTOLE, Cycle
 FEATURE_RATE = 50  # Hz
 ENVELOPE_LOWPASS = 8.0  # Hz
 DETREND_S = 0.5  # running-median window removed from the log envelope
-HALF_PEAK_RATIO = 0.6
+HALF_PEAK_RATIO = 0.9  # halve the cycle only when the half-lag peak is nearly as high
 DETREND_PERCENTILE = 50  # 50 = running median
 SYS_MODE = "blend"  # systolic interval: "autocorr" peak, literature "prior", or their mean
 PRIOR_A, PRIOR_B = 0.49, 0.0021  # Weissler QS2 = 546 - 2.1 HR ms, minus ~55 ms Q -> S1 onset
@@ -126,7 +126,8 @@ def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE) -> tuple[float, floa
 
     Cycle: the highest autocorrelation peak at 0.3-2 s, replaced by a peak near half its lag while
     that one is at least HALF_PEAK_RATIO as high (guards against picking two beats). Systolic
-    interval (S1 onset -> S2 onset): the highest peak at 0.2 s .. half the cycle (else 0.4 cycle).
+    interval (S1 onset -> S2 onset): by SYS_MODE, from the highest peak at 0.2 s .. half the cycle
+    and/or Weissler's regression PRIOR_A - PRIOR_B * HR (the regression when there is no peak).
     """
     from scipy.signal import find_peaks
 
@@ -158,16 +159,19 @@ def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE) -> tuple[float, floa
 
 def _duration_logpdf(mean: float, std: float, lo: float, hi: float, D: int) -> np.ndarray:
     d = np.arange(1, D + 1, dtype=np.float64)
-    lp = -0.5 * ((d - mean) / std) ** 2 - np.log(std)
+    lp = -0.5 * ((d - mean) / std) ** 2
     lp[(d < lo) | (d > hi)] = -np.inf
-    return lp
+    if not np.isfinite(lp).any():  # degenerate bounds: allow the nearest duration
+        lp[int(np.clip(round(mean) - 1, 0, D - 1))] = 0.0
+    m = lp[np.isfinite(lp)].max()
+    return lp - (m + np.log(np.exp(lp - m).sum()))  # a proper log pmf: models stay comparable
 
 
-def _viterbi(logb: np.ndarray, logp: np.ndarray) -> list[tuple[int, int, int]]:
+def _viterbi(logb: np.ndarray, logp: np.ndarray) -> tuple[list[tuple[int, int, int]], float]:
     """Explicit-duration Viterbi over the cyclic chain 0->1->2->3->0.
 
     logb float [F, 4] frame log emissions; logp float [D, 4] log duration pmf for d = 1..D.
-    Returns segments (start_frame, end_frame_exclusive, state 0..3) covering [0, F).
+    Returns (segments (start_frame, end_frame_exclusive, state 0..3) covering [0, F), best log score).
     The first and last segments may be truncated (duration term = the state's best value).
     """
     F, S = logb.shape
@@ -198,11 +202,12 @@ def _viterbi(logb: np.ndarray, logp: np.ndarray) -> list[tuple[int, int, int]]:
         best_d[t] = k + 1
     segs = []
     t, j = F, int(np.argmax(delta[F]))
+    score = float(delta[F, j])
     while t > 0:
         d = int(best_d[t, j])
         segs.append((t - d, t, j))
         t, j = t - d, int(prev[j])
-    return segs[::-1]
+    return segs[::-1], score
 
 
 def _gauss_logpdf(v: np.ndarray, mu: float, sd: float) -> np.ndarray:
@@ -261,17 +266,17 @@ def _state_emissions(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def segment_states(signal: np.ndarray, sample_rate: int, refine: int | None = None) -> list[tuple[int, int, int]]:
     """Decoded state segments (start_sample, end_sample, state 1..4) covering the signal."""
     x = np.asarray(signal, dtype=np.float64)
-    if len(x) < int(0.3 * sample_rate):
-        return []
+    if len(x) < int(0.3 * sample_rate) or not np.all(np.isfinite(x)) or float(np.std(x)) < 1e-8:
+        return []  # too short, broken or constant: nothing to segment
     v = _features(x, sample_rate)
     cycle_s, sys_s = heart_rate(v)
     logp = _durations(cycle_s, sys_s, FEATURE_RATE)
-    segs = _viterbi(_two_class_emissions(v), logp)
+    segs, _ = _viterbi(_two_class_emissions(v), logp)
     for _ in range(REFINE if refine is None else refine):
         labels = np.empty(len(v), dtype=np.int64)
         for a, b, j in segs:
             labels[a:b] = j
-        segs = _viterbi(_state_emissions(v, labels), logp)
+        segs, _ = _viterbi(_state_emissions(v, labels), logp)
     scale = sample_rate / FEATURE_RATE
     n = len(x)
     return [(int(round(a * scale)), min(n, int(round(b * scale))), j + 1) for a, b, j in segs]

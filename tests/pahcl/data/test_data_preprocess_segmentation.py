@@ -53,8 +53,9 @@ def test_auto_segmenter_on_synthetic(data_cfg):
     assert np.median(np.min(np.abs(got[:, None] - truth[None, :]), axis=1)) < 0.05 * 5000
 
 
-def test_segment_too_short_returns_nothing():
-    assert segment(np.zeros(100, np.float32), 5000) == []
+def test_segment_too_short_or_constant_returns_nothing():
+    assert segment(np.random.default_rng(0).standard_normal(100).astype(np.float32), 5000) == []
+    assert segment(np.zeros(5000 * 3, np.float32), 5000) == []
 
 
 def test_segmentation_f1_on_circor(shared_data, capsys):
