@@ -92,7 +92,7 @@ def _ports_in(text: str | None) -> set[int]:
 # Lock files
 
 
-@pytest.mark.parametrize("name", ["cpu.lock", "cuda.lock", "cuda13.lock", "tools.lock"])
+@pytest.mark.parametrize("name", ["cpu.lock", "cuda.lock", "cuda13.lock", "tools.lock", "bootstrap.lock"])
 def test_lock_files_pin_every_package_with_hashes(name):
     lock = _lock(REQ / name)
     assert lock, f"{name} is empty"
@@ -150,19 +150,22 @@ def test_dockerfile_and_makefile_install_from_the_same_locks():
     docker = DOCKERFILE.read_text()
     cpu_lock = _make_var("LOCK")
     tools_lock = _make_var("TOOLS_LOCK")
+    bootstrap_lock = _make_var("BOOTSTRAP_LOCK")
     assert cpu_lock == "requirements/cpu.lock"
-    # the Makefile installs from the lock (hash-checked), then the project without dependencies
+    # the Makefile installs uv by hash, then the lock (hash-checked), then the project without deps
     install = re.search(r"^\$\(BIN\)/\.installed:.*?(?=^\S)", make, re.M | re.S).group(0)
-    assert re.search(r"pip install .*--require-hashes -r \$\(LOCK\)", install), install
-    assert re.search(r"pip install .*--no-deps -e \.", install), install
-    assert not re.search(r'-e "?\.\[', install), "the project's extras must come from the lock, not pip"
+    assert re.search(r"pip install .*--require-hashes -r \$\(BOOTSTRAP_LOCK\)", install), install
+    assert re.search(r"\$\(UV_INSTALL\) --require-hashes -r \$\(LOCK\)", install), install
+    assert re.search(r"\$\(UV_INSTALL\) --no-deps -e \.", install), install
+    assert not re.search(r'-e "?\.\[', install), "the project's extras must come from the lock"
+    assert re.search(r"^UV_INSTALL\s*=.*uv pip install", make, re.M | re.S)
     # the CPU image installs the same file; the CUDA image one of the CUDA locks make lock writes
     assert re.search(rf"COPY {re.escape(cpu_lock)} ", docker)
     assert re.search(rf"pip install --require-hashes -r \S*{re.escape(cpu_lock)}", docker)
-    assert f"COPY {tools_lock} " in docker
+    assert f"COPY {bootstrap_lock} " in docker
     cuda_default = re.search(r"^ARG CUDA_LOCK=(\S+)", docker, re.M).group(1)
     written = set(re.findall(r"-o (requirements/\S+\.lock)", make))
-    assert {cpu_lock, tools_lock, cuda_default, "requirements/cuda13.lock"} <= written, written
+    assert {cpu_lock, tools_lock, bootstrap_lock, cuda_default, "requirements/cuda13.lock"} <= written, written
     assert "--require-hashes -r /tmp/main.lock" in docker and "--no-build-isolation -r /tmp/source.lock" in docker
     for path in written:
         assert (ROOT / path).is_file(), f"{path} missing: run `make lock`"
