@@ -32,7 +32,7 @@ from pahcl.train import Trainer, prepare_data  # noqa: E402
 def bench_one(preset: str, moco: bool, steps: int, warmup: int, batch: int | None, accum: int | None,
               cache: Path, spec: str, device: str) -> dict:
     over = {"model.use_moco": moco, "training.device": device, "training.num_epochs": 1,
-            "training.warmup_epochs": 0}
+            "training.warmup_epochs": 0, "training.num_workers": 0}  # batches are pre-loaded: no workers
     if batch:
         over["training.batch_size"] = batch
     if accum:

@@ -47,6 +47,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
+        except (OSError, AttributeError):
+            pass
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
