@@ -25,7 +25,9 @@ synthetic:40, a few epochs of a few capped steps): the search finishes in minute
 
 Outputs (results/<stage>/): results.csv (ranked trials), configs.csv (per configuration: mean ± std
 over seeds), best_config.yaml, summary.json (what the next stage inherits), plots/, ray/<search id>/
-(the Ray experiment, with search_meta.json: MLflow ids + the space hash used by --resume).
+(the Ray experiment), searches/<search id>/ (beside it: search_meta.json with the MLflow ids, the
+trial constants and the space hash used by --resume; asha_state.json; this search's result files).
+Files are kept outside the Ray experiment dir because Ray re-syncs that dir on restore.
 MLflow: results/mlflow.db (sqlite:////ABS/...) + results/mlartifacts unless --mlflow-uri /
 MLFLOW_TRACKING_URI name a server. Exit status: 0 done, 2 bad arguments/space, 3 interrupted (resumable).
 """
@@ -176,7 +178,8 @@ def main(argv=None) -> dict[str, Any]:
             raise SpaceError(f"--resume: no search of {stage_name} under {stage_dir0} to resume (no 'latest' file)")
         search_id = latest.read_text().strip()
         exp_path = stage_dir0 / "ray" / search_id
-        meta_path = exp_path / META_NAME
+        state_dir = stage_dir0 / "searches" / search_id
+        meta_path = state_dir / META_NAME
         if not meta_path.exists():
             raise SpaceError(f"--resume: {meta_path} is missing; cannot resume {search_id}")
         meta = json.loads(meta_path.read_text())
@@ -255,12 +258,13 @@ def main(argv=None) -> dict[str, Any]:
         parent = create_parent_run(uri, exp_id, search_id, tags, params)
         mlflow_ids = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
         consts = build_consts(space, args, search_id, cache_dir, mlflow_ids, res)
-        exp_path.mkdir(parents=True, exist_ok=True)
+        state_dir = stage_dir / "searches" / search_id
+        state_dir.mkdir(parents=True, exist_ok=True)
         meta = {"search_id": search_id, "space": str(space.path), "space_hash": h, "budget": budget, "cli": cli,
                 "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
                 "mlflow": mlflow_ids, "consts": consts, "total_trials": space.num_samples * seeds,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _write_json(exp_path / META_NAME, meta)
+        _write_json(state_dir / META_NAME, meta)
         (stage_dir / "latest").write_text(search_id + "\n")
         _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id})")
         resuming = False
@@ -294,17 +298,18 @@ def main(argv=None) -> dict[str, Any]:
             _log(f"[resume] restored {exp_path}: finished trials are kept, unfinished ones continue from their "
                  "last checkpoint, ASHA rungs reloaded from asha_state.json")
         else:
-            tuner = _build_tuner(space, seeds, total, trainable, exp_path, mlflow_ids, ray_dir, search_id)
+            tuner = _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id)
         t_fit = time.time()
         grid = tuner.fit()
         fit_s = time.time() - t_fit
-        return _finish(grid, space, seeds, total, meta, exp_path, stage_dir, results_dir, args, t_start, fit_s)
+        return _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start,
+                       fit_s)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _build_tuner(space, seeds, total, trainable, exp_path, mlflow_ids, ray_dir, search_id):
+def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id):
     import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter, Repeater
@@ -319,7 +324,8 @@ def _build_tuner(space, seeds, total, trainable, exp_path, mlflow_ids, ray_dir, 
         searcher = Repeater(searcher, repeat=seeds, set_index=True)  # config["__trial_index__"] = seed index
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials)
     scheduler = PersistentASHA(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                               reduction_factor=space.reduction_factor, state_file=str(exp_path / ASHA_STATE), metric=space.metric, mode=space.mode)
+                               reduction_factor=space.reduction_factor, state_file=str(state_dir / ASHA_STATE),
+                               metric=space.metric, mode=space.mode)
     callbacks = [EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"],
                                       mlflow_ids["parent_run_id"], space.max_epochs),
                  InterruptAfterTrials()]
@@ -334,7 +340,7 @@ def _build_tuner(space, seeds, total, trainable, exp_path, mlflow_ids, ray_dir, 
     )
 
 
-def _finish(grid, space, seeds, total, meta, exp_path, stage_dir, results_dir, args, t_start, fit_s):
+def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start, fit_s):
     from tune.mlflow_utils import _client, end_run
     from tune.summary import aggregate_seeds, collect_trials, make_plots, print_table, write_outputs
 
@@ -342,14 +348,29 @@ def _finish(grid, space, seeds, total, meta, exp_path, stage_dir, results_dir, a
     exp_id, parent = meta["mlflow"]["experiment_id"], meta["mlflow"]["parent_run_id"]
     client = _client(uri)
     trials = list(getattr(grid, "_experiment_analysis").trials)
-    statuses = {t.trial_id: t.status for t in trials}
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    # After Ctrl+C, Ray shows the trials it had to stop as TERMINATED too: a trial is complete when it
+    # errored, reached max_epochs, or was stopped by ASHA (recorded in asha_state.json).
+    from tune.schedulers import stopped_trial_ids
+
+    stopped = stopped_trial_ids(state_dir / ASHA_STATE)
+
+    def _complete(t) -> bool:
+        epochs = float((t.last_result or {}).get("epoch", 0) or 0)
+        return t.status == "ERROR" or t.trial_id in stopped or (t.status == "TERMINATED" and epochs >= space.max_epochs)
+
+    unfinished = [t for t in trials if not _complete(t)]
+    statuses = {t.trial_id: ("COMPLETE" if _complete(t) else "UNFINISHED") for t in trials}
     if len(trials) < total or unfinished:
+        for t in unfinished:
+            _log(f"[search]   unfinished: trial {t.trial_id} status {t.status}, "
+                 f"epoch {(t.last_result or {}).get('epoch')}")
         client.set_tag(parent, "pahcl.state", "interrupted")
         end_run(uri, parent, "KILLED")
-        _log(f"[search] interrupted: {len(trials) - len(unfinished)} of {total} trials finished. Continue with:\n"
+        _log(f"[search] interrupted: {len(trials) - len(unfinished)} of {total} trials finished "
+             f"({len(trials)} created). Continue with:\n"
              f"    {sys.executable} tune/run_search.py --space {args.space} --results-dir {results_dir} --resume")
-        return {"interrupted": True, "exp_path": exp_path, "trials": len(trials), "exit_code": 3}
+        return {"interrupted": True, "exp_path": exp_path, "state_dir": state_dir, "trials": len(trials), "statuses": statuses,
+                "exit_code": 3}
 
     rows = collect_trials(grid, space)
     run_status = {}
@@ -358,7 +379,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, stage_dir, results_dir, a
     n_fixed = _end_leftover_child_runs(uri, exp_id, parent, run_status)
     if n_fixed:
         _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
-    out = write_outputs(rows, space, [stage_dir, exp_path], meta["search_id"], meta["consts"]["base_tree"], log=_log)
+    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["consts"]["base_tree"], log=_log)
     df, agg = out["df"], out["agg"]
     plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=uri, log=_log)
     wall = time.time() - t_start
@@ -369,7 +390,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, stage_dir, results_dir, a
         import pandas as pd
 
         cols = ["config", "n_seeds", f"{space.metric} (mean ± std)", "vs_best"] + \
-               [c for c in agg.columns if c.startswith("param:")]
+               [f"param:{k}" for k in sorted(space.params) if f"param:{k}" in agg.columns]
         show = agg[cols].rename(columns={c: c[len('param:'):].split('.')[-1] for c in cols if c.startswith('param:')})
         with pd.option_context("display.width", 200, "display.max_columns", 50):
             _log(f"\n== per configuration over {seeds} seeds ==\n" + show.to_string(index=False))
@@ -394,7 +415,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, stage_dir, results_dir, a
     client.set_tag(parent, "pahcl.state", "finished")
     end_run(uri, parent, "FINISHED")
     _log(f"[search] done in {wall:.0f} s (tuning {fit_s:.0f} s). MLflow: {uri} (parent run {parent})")
-    return {"interrupted": False, "exp_path": exp_path, "df": df, "agg": agg, "summary": out.get("summary"),
+    return {"interrupted": False, "exp_path": exp_path, "state_dir": state_dir, "df": df, "agg": agg, "summary": out.get("summary"),
             "wall_s": wall, "exit_code": 0, "parent_run_id": parent, "tracking_uri": uri, "stage_dir": stage_dir}
 
 

@@ -21,11 +21,12 @@ class PersistentASHA(ASHAScheduler):
         super().__init__(*args, **kwargs)
         self.state_file = state_file
         self._loaded = False
+        self.stopped_ids: list[str] = []  # trials this scheduler stopped (early or at max_t)
 
     # -- persistence
     def _snapshot(self) -> dict:
         return {"brackets": [[[m, dict(rec)] for m, rec in b._rungs] for b in self._brackets],
-                "num_stopped": self._num_stopped}
+                "num_stopped": self._num_stopped, "stopped": list(self.stopped_ids)}
 
     def _dump(self) -> None:
         if not self.state_file:
@@ -50,6 +51,7 @@ class PersistentASHA(ASHAScheduler):
             for m, rec in b._rungs:
                 rec.update({k: float(v) for k, v in saved.get(float(m), {}).items()})
         self._num_stopped = int(snap.get("num_stopped", 0))
+        self.stopped_ids = list(dict.fromkeys(list(snap.get("stopped", [])) + self.stopped_ids))
         n = sum(len(rec) for b in self._brackets for _, rec in b._rungs)
         print(f"[asha] restored {n} rung records from {self.state_file}")
 
@@ -65,6 +67,8 @@ class PersistentASHA(ASHAScheduler):
         self._load_once()
         before = self.restored_records()
         action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP and trial.trial_id not in self.stopped_ids:
+            self.stopped_ids.append(trial.trial_id)
         if self.restored_records() != before or action == self.STOP:
             self._dump()
         return action
@@ -73,3 +77,11 @@ class PersistentASHA(ASHAScheduler):
         self._load_once()
         super().on_trial_complete(tune_controller, trial, result)
         self._dump()
+
+
+def stopped_trial_ids(state_file) -> set[str]:
+    """Ids of the trials the scheduler stopped, read from its state file (empty if none)."""
+    try:
+        return set(json.loads(Path(state_file).read_text()).get("stopped", []))
+    except (OSError, ValueError):
+        return set()

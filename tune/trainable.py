@@ -104,7 +104,8 @@ def train_pahcl(config: dict, consts: dict) -> None:
         """After validation: flush MLflow, then checkpoint + tune.report (the trial may be stopped there)."""
 
         def on_epoch_end(self, trainer, metrics):
-            step_cb.on_epoch_end(trainer, metrics)  # logs epoch metrics and flushes the step buffer
+            # step_cb (called first: it precedes this callback in the list) already logged the epoch
+            # metrics and flushed the step buffer, so everything reported below is in MLflow.
             out = {k: float(v) for k, v in metrics.items()}
             out["epoch"] = int(trainer.epoch)
             out["mlflow_run_id"] = run_id
