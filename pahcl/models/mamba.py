@@ -15,17 +15,27 @@ The torch backend's selective scan (:func:`selective_scan`) loops over chunks of
 tokens carrying the state ``h`` [B, D, N]; within a chunk all states are computed in parallel with a
 Hillis-Steele scan over ``(a_t, b_t) = (exp(delta_t A), delta_t B_t x_t)`` (products of factors in
 (0, 1]: no exponential of a positive cumulative sum, so no overflow), and immediately reduced to
-``y_t = h_t . C_t``: the full [B, L, D, N] state tensor is never materialised. With grad enabled each
-chunk runs under ``torch.utils.checkpoint`` (non-reentrant), so backward recomputes one chunk at a
-time and activation memory is bounded by one chunk's states instead of the whole sequence's.
+``y_t = h_t . C_t``: the full [B, L, D, N] state tensor is never materialised. Backward recomputes
+one chunk at a time, so activation memory is bounded by one chunk's states, not the sequence's:
+
+* ``impl="fused"`` (default): a custom autograd Function that saves only the inputs and the state at
+  each chunk start, and in backward recomputes each chunk's states and runs the adjoint recurrence
+  as a reverse scan, all in a few preallocated buffers reused across chunks;
+* ``impl="checkpoint"``: the same chunk maths in plain autograd, each chunk wrapped in
+  ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` when grad is enabled. Simpler, but on
+  CPU its many fresh allocations made it slower and, through allocator growth, far larger in RSS
+  (bench/mamba_backends.py).
+
 :func:`selective_scan_ref` is the naive per-timestep reference (tests and benchmark only).
 """
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 BACKENDS = ("auto", "torch", "mamba_ssm")
@@ -155,6 +165,7 @@ class _ChunkedScanFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         x, delta, A, B, C, starts = ctx.saved_tensors
         T = ctx.chunk
@@ -227,6 +238,13 @@ def selective_scan(x, delta, A, B, C, D, chunk_size: int = 32, impl: str = "fuse
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if impl not in SCAN_IMPLS:
         raise ValueError(f"impl must be one of {SCAN_IMPLS}, got {impl!r}")
+    # the scan runs in float32 (float64 if given) even under autocast: exp/products of many decays
+    # lose too much in bf16/fp16
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _selective_scan(x, delta, A, B, C, D, chunk_size, impl, use_checkpoint)
+
+
+def _selective_scan(x, delta, A, B, C, D, chunk_size, impl, use_checkpoint):
     out_dtype = x.dtype
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, delta, A, B, C, D = (t.to(work) for t in (x, delta, A, B, C, D))

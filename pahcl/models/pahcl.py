@@ -149,10 +149,13 @@ class PAHCL(nn.Module):
                             nn.ModuleList([self.encoder_k.mamba, self.encoder_k.norm_f])),
             "drift/projector": (self.projector, self.projector_k),
         }
-        out, num_all, den_all = {}, 0.0, 0.0
-        for name, (mq, mk) in parts.items():
-            num = sum(float((pq.float() - pk.float()).pow(2).sum()) for pq, pk in zip(mq.parameters(), mk.parameters()))
-            den = sum(float(pq.float().pow(2).sum()) for pq in mq.parameters())
-            out[name] = (num / den) ** 0.5 if den > 0 else 0.0
-            num_all, den_all = num_all + num, den_all + den
+        sums = []  # per part: (||θq−θk||², ||θq||²), reduced on the device, one transfer at the end
+        for mq, mk in parts.values():
+            pq, pk = list(mq.parameters()), list(mk.parameters())
+            num = torch.stack([(a.float() - b.float()).pow(2).sum() for a, b in zip(pq, pk)]).sum()
+            den = torch.stack([a.float().pow(2).sum() for a in pq]).sum()
+            sums.append(torch.stack([num, den]))
+        vals = torch.stack(sums).double().cpu().tolist()  # parts×2
+        out = {name: (n / d) ** 0.5 if d > 0 else 0.0 for name, (n, d) in zip(parts, vals)}
+        num_all, den_all = sum(v[0] for v in vals), sum(v[1] for v in vals)
         return {"drift": (num_all / den_all) ** 0.5 if den_all > 0 else 0.0, **out}
