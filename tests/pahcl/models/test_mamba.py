@@ -178,3 +178,13 @@ def test_scan_runs_in_float32_under_autocast():
         y = m(x)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y.float(), ref, rtol=0.1, atol=0.05)  # only the projections are bf16
+
+
+def test_scan_argument_checks():
+    ins = [t.detach() for t in _scan_inputs(1, 4, 2, 2)]
+    with pytest.raises(ValueError, match="chunk_size"):
+        selective_scan(*ins, chunk_size=0)
+    with pytest.raises(ValueError, match="impl"):
+        selective_scan(*ins, impl="cuda")
+    with pytest.raises(ValueError, match="scan"):
+        MambaTorch(8, scan="pscan")
