@@ -136,15 +136,33 @@ class BatchLogger:
     report: nothing reported to Tune is ever missing from MLflow).
     """
 
-    def __init__(self, uri: str, run_id: str, flush_seconds: float = 5.0):
+    def __init__(self, uri: str, run_id: str, flush_seconds: float = 5.0, background: bool = True):
         self.client = _client(uri)
         self.run_id = run_id
         self.flush_seconds = flush_seconds
         self._buf: list = []
         self._last = time.monotonic()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()      # one flush at a time
+        self._buf_lock = threading.Lock()  # buffer swap vs append
         self.sent = 0
         self.flush_time = 0.0
+        self.errors: list[str] = []
+        self.background = background
+        self._stop = threading.Event()
+        if background:  # periodic flushes off the training thread; epoch-end flushes stay synchronous
+            self._thread = threading.Thread(target=self._loop, name="mlflow-batch-flush", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception as e:  # noqa: BLE001 - kept in the buffer? no: re-queued below
+                self.errors.append(str(e))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
 
     def add(self, metrics: Mapping[str, float], step: int, keys: Iterable[str] | None = None) -> None:
         from mlflow.entities import Metric
@@ -157,21 +175,29 @@ class BatchLogger:
             v = float(v)
             if v != v or v in (float("inf"), float("-inf")):
                 continue
-            self._buf.append(Metric(k, v, ts, int(step)))
+            with self._buf_lock:
+                self._buf.append(Metric(k, v, ts, int(step)))
 
     def maybe_flush(self) -> None:
-        if self._buf and time.monotonic() - self._last >= self.flush_seconds:
+        if not self.background and self._buf and time.monotonic() - self._last >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         with self._lock:
-            buf, self._buf = self._buf, []
+            with self._buf_lock:
+                buf, self._buf = self._buf, []
             t0 = time.perf_counter()
-            for i in range(0, len(buf), MAX_BATCH):
-                _retry(self.client.log_batch, self.run_id, metrics=buf[i:i + MAX_BATCH], synchronous=True)
-            self.sent += len(buf)
-            self.flush_time += time.perf_counter() - t0
-            self._last = time.monotonic()
+            try:
+                for i in range(0, len(buf), MAX_BATCH):
+                    _retry(self.client.log_batch, self.run_id, metrics=buf[i:i + MAX_BATCH], synchronous=True)
+                    self.sent += len(buf[i:i + MAX_BATCH])
+            except Exception:
+                with self._buf_lock:  # put back what was not sent: the next flush retries, nothing is lost
+                    self._buf = buf[i:] + self._buf
+                raise
+            finally:
+                self.flush_time += time.perf_counter() - t0
+                self._last = time.monotonic()
 
 
 class MLflowStepCallback:
