@@ -161,8 +161,24 @@ def _end_leftover_child_runs(uri: str, exp_id: str, parent: str, statuses: dict[
     return n
 
 
+def _auth_for_address(args) -> None:
+    """A cluster started by ray.init()/ray start uses token auth by default, but a joining driver only
+    sends its token with RAY_AUTH_MODE=token, which Ray reads when it is imported: set it before that,
+    using the token Ray itself keeps (RAY_AUTH_TOKEN or ~/.ray/auth_token) when one exists."""
+    if not args.address or "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.exists():
+        if "ray" in sys.modules:
+            _log("[ray] note: ray already imported; RAY_AUTH_MODE=token may not take effect")
+        os.environ["RAY_AUTH_MODE"] = "token"
+        _log(f"[ray] joining {args.address} with token authentication "
+             f"({'RAY_AUTH_TOKEN' if os.environ.get('RAY_AUTH_TOKEN') else token_file}); set RAY_AUTH_MODE to override")
+
+
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    _auth_for_address(args)
     t_start = time.time()
     from tune.spaces import SpaceError, load_space, space_hash, space_path
 
