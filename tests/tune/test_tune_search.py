@@ -166,6 +166,9 @@ def test_interrupted_search_resumes_to_exactly_num_samples(ray_session, space_fi
                        if first["statuses"].get(n.split("_")[2]) == "COMPLETE"}
     assert len(finished_before) >= 2, (before, first["statuses"])
     assert 2 <= len(before) <= 4
+    # trials stopped mid-way by the interruption that already had a checkpoint must continue from it
+    resumable = {n.split("_")[2] for n in before if n not in finished_before
+                 and any(c.name.startswith("checkpoint_") for c in (exp_path / n).iterdir())}
     meta = json.loads((Path(first["state_dir"]) / "search_meta.json").read_text())
     assert meta["mlflow"]["parent_run_id"] and meta["space_hash"]
 
@@ -197,3 +200,21 @@ def test_interrupted_search_resumes_to_exactly_num_samples(ray_session, space_fi
     assert len(kids) == 4
     assert all(k.info.status in ("FINISHED", "KILLED") for k in kids)
     assert res["tracking_uri"].startswith("sqlite:////")
+    resumed = {k.data.tags["pahcl.trial_id"]: k.data.tags.get("pahcl.resumed_from_epoch") for k in kids}
+    for tid in resumable:
+        assert resumed[tid] is not None and int(resumed[tid]) >= 1, (tid, resumed)
+    print("resumed from checkpoint:", {t: resumed[t] for t in resumable})
+
+
+def test_cli_smoke_test_subprocess(tmp_path):
+    """The script entry point end to end: its own local Ray (no dashboard), exit 0, outputs written."""
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "tune" / "run_search.py"), "--space", "moco_stage2",
+                          "--smoke-test", "--results-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=400, cwd=str(tmp_path))
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    stage = tmp_path / "r" / "moco_stage2"
+    ranked = pd.read_csv(stage / "results.csv")
+    assert len(ranked) == 2
+    assert (stage / "best_config.yaml").exists() and (stage / "plots" / "optimization_history.png").exists()
+    assert "ranked by val/knn_acc" in out.stdout
+    assert "[search] --smoke-test" in out.stdout
