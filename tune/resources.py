@@ -93,7 +93,8 @@ def plan_resources(space, gpus_arg, cpus_arg, data: str, cache_dir: Path,
         peak = max(int(probe["peak"]), 1)
         k = max(1, math.floor(0.9 * probe["free"] / peak))
         gpus = 1.0 / k
-        frac = min(0.9 / k, 1.0)
+        # the cap is a fraction of TOTAL memory: each trial may use its share of 90 % of what was free
+        frac = min(0.9 * probe["free"] / max(int(probe["total"]), 1) / k, 1.0)
         msg = (f"[resources] --gpus-per-trial auto: one step of the largest configuration peaks at "
                f"{peak / 2**30:.2f} GiB; {probe['free'] / 2**30:.1f} GiB free of {probe['total'] / 2**30:.1f} GiB "
                f"-> {k} trial(s) per GPU ({gpus:.3f} GPU each, memory cap {frac:.3f} per process)")

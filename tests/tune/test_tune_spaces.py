@@ -232,3 +232,27 @@ def test_cli_bad_space_exits_2_before_ray(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "mode" in out.stderr and "allowed" in out.stderr
     assert not (tmp_path / "r" / "mlflow.db").exists()
+
+
+def test_gpus_auto_packs_by_measured_peak(tmp_path, monkeypatch):
+    """The packing arithmetic with a stubbed probe: floor(0.9 * free / peak) trials per GPU."""
+    import torch
+
+    import tune.resources as R
+
+    sp = load_space(_space(tmp_path), results_root=tmp_path, log=lambda m: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = {}
+
+    def probe(space, data, cache_dir, timeout=600):
+        seen["overrides"] = R.largest_overrides(space)
+        return {"peak": 10 * 2**30, "free": 70 * 2**30, "total": 80 * 2**30}
+
+    monkeypatch.setattr(R, "measure_peak_gpu_memory", probe)
+    logs = []
+    res = R.plan_resources(sp, "auto", 2, sp.data, tmp_path, log=logs.append)
+    assert res.trials_per_gpu == 6 and res.gpus == pytest.approx(1 / 6)
+    assert res.gpu_fraction == pytest.approx(0.9 * 70 / 80 / 6)
+    assert res.gpu_fraction * 80 * 2**30 >= 10 * 2**30  # each trial's cap holds the measured peak
+    assert "6 trial(s) per GPU" in logs[0]
+    assert seen["overrides"]["model.moco_momentum"] == 0.99  # non-memory keys: first candidate
