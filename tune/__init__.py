@@ -8,5 +8,6 @@ Modules (importable, because Ray unpickles the scheduler and callbacks from the 
     schedulers   ASHA whose rung state survives ``Tuner.restore``
     resources    ``--gpus-per-trial auto`` (peak-memory probe in a subprocess)
     summary      ranked table, seed aggregation, plots, best config
+    bench_logging  measures the MLflow logging overhead (python -m tune.bench_logging)
     run_search   the CLI (``python tune/run_search.py --space NAME``)
 """
