@@ -47,6 +47,7 @@ every ``save_interval`` epochs (and after the last one), and appends ``metrics.c
 from __future__ import annotations
 
 import csv
+import gc
 import math
 import os
 import random
@@ -64,6 +65,7 @@ from pahcl.schedules import get_lr
 __all__ = [
     "Callback",
     "NonFiniteLossError",
+    "StepOutOfMemoryError",
     "Trainer",
     "prepare_data",
     "resolve_device",
@@ -86,6 +88,16 @@ class NonFiniteLossError(FloatingPointError):
             where += f", micro-batch {micro_batch})" if micro_batch is not None else ")"
         super().__init__(f"non-finite {name} = {value} at optimizer {where}; lower training.learning_rate, "
                          f"check the data for NaN/inf, or enable training.grad_clip_norm")
+
+
+class StepOutOfMemoryError(RuntimeError):
+    """An optimizer step ran out of memory again after ``Trainer.max_oom_retries`` retries."""
+
+    def __init__(self, step: int, retries: int, reason: str):
+        self.step, self.retries = step, retries
+        super().__init__(f"out of memory at optimizer step {step} after {retries} retries (memory released "
+                         f"before each retry): {reason}; lower training.batch_size (raise "
+                         f"gradient_accumulation_steps to keep the effective batch) or give the trial more memory")
 
 
 class Callback:
@@ -210,6 +222,7 @@ class Trainer:
         self.stop_training = False
         self.last_metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        self.oom_retries = 0  # OOM-failed step attempts that were retried or gave up (see _step_with_oom_retry)
 
         t = cfg.training
         seed_everything(cfg.seed)
@@ -348,6 +361,30 @@ class Trainer:
         metrics["cycles_per_s"] = n_cycles / max(time.perf_counter() - t0, 1e-9)
         return metrics
 
+    max_oom_retries = 2  # per optimizer step; then StepOutOfMemoryError
+
+    def _step_with_oom_retry(self, group, epoch: int, last_in_epoch: bool, t0: float | None = None):
+        """``_optimizer_step`` with bounded retries on ``torch.OutOfMemoryError`` (= torch.cuda's): the
+        failed attempt's activations/gradients are dropped (``zero_grad(set_to_none)``, ``gc.collect``,
+        ``torch.cuda.empty_cache``) and the same step is run again; ``global_step`` only advances on
+        success. (A MoCo step that failed after its first micro-batch has already enqueued those keys.)"""
+        for attempt in range(self.max_oom_retries + 1):
+            try:
+                return self._optimizer_step(group, epoch, last_in_epoch, t0=t0)
+            except torch.OutOfMemoryError as e:
+                reason = (str(e).splitlines() or ["out of memory"])[0][:300]
+            # outside the except block: the exception and the frames holding the step's tensors are gone
+            self.oom_retries += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if attempt == self.max_oom_retries:
+                raise StepOutOfMemoryError(self.global_step, self.max_oom_retries, reason)
+            self._log(f"[train] out of memory at optimizer step {self.global_step} (attempt {attempt + 1} of "
+                      f"{self.max_oom_retries + 1}); memory released, retrying the step: {reason}")
+            t0 = time.perf_counter()
+
     # ------------------------------------------------------------------ epochs
 
     def train_epoch(self, epoch: int, progress: Any = None) -> float:
@@ -362,7 +399,7 @@ class Trainer:
             if len(group) < self.micro_per_step:
                 continue
             steps += 1
-            metrics = self._optimizer_step(group, epoch, last_in_epoch=steps == self.steps_per_epoch, t0=t0)
+            metrics = self._step_with_oom_retry(group, epoch, last_in_epoch=steps == self.steps_per_epoch, t0=t0)
             group = []
             losses.append(metrics["loss"])
             for cb in self.callbacks:
