@@ -1,0 +1,281 @@
+"""Harness overhead: the same optimizer steps run by the bare ``pahcl`` Trainer and inside a Ray Tune
+trial (the service's real trainable, through ``tune.run_search.main`` with one trial: Optuna searcher,
+ASHA, MLflow child run with step logging at the preset's default ``log_interval``, checkpoint +
+``tune.report`` every epoch).
+
+    python bench/harness_overhead.py --out bench/results/harness_overhead.json            # 3 pairs, ~4 min
+    python bench/harness_overhead.py --pairs 5 --epochs 3 --steps 40 --out /tmp/ho.json
+    python bench/harness_overhead.py --smoke-test --out /tmp/ho_smoke.json                # 1 pair, ~1 min
+
+Runs are interleaved (bare, ray, bare, ray, ...), each in a fresh Python process. Both use the same
+config (built from one space file exactly as the trainable builds it), the same data cache (filled
+before the first run), ``torch.set_num_threads(1)`` (the trial's ``cpus_per_trial: 1``), and the same
+timing callback: ``StepClock.on_step_end`` stores ``time.perf_counter()`` after every optimizer step
+(in the trial it is inserted right after the MLflow step callback, so an interval contains the data
+loading of the next step, the step, and the MLflow callback). Timed region = the intervals between
+consecutive steps of the same epoch (epoch boundaries hold validation, and in the trial the MLflow
+flush, checkpoint and ``tune.report``; they are reported separately as "epoch-boundary" time).
+End-to-end wall = the whole subprocess (Python start, imports, Ray start-up, data from cache, MLflow
+set-up, training, Ray shut-down).
+
+The step losses of both paths are compared (same seed, one thread: they must match), so the two
+paths run the same optimizer steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, command, fmt_spread, machine, md_table, spread, write_json  # noqa: E402
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+
+PARAMS = {"model.moco_momentum": 0.99}  # the one "searched" value (a single choice)
+
+
+def space_dict(a) -> dict:
+    return {
+        "stage": "bench_overhead", "base_config": "pahcl/configs/pretrain.yaml", "preset": a.preset,
+        "data": a.data, "metric": "val/knn_acc", "mode": "max", "num_samples": 1, "max_epochs": a.epochs,
+        "search": {"seed": 0, "max_concurrent_trials": 1},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": a.threads, "gpus_per_trial": 0},
+        # the synthetic_cpu budget's fixed values (moco_stage2), with more steps per epoch
+        "fixed": {"model.use_moco": True, "model.queue_size": 256, "training.max_steps_per_epoch": a.steps,
+                  "training.warmup_epochs": 1, "training.batch_size": 8, "training.gradient_accumulation_steps": 2},
+        "params": {k: {"type": "categorical", "choices": [v]} for k, v in PARAMS.items()},
+    }
+
+
+# ----------------------------------------------------------------------------- the timing callback
+
+
+class StepClock:
+    """Wall time (perf_counter) and loss of every optimizer step; written to ``path`` at each epoch end."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.rows: list[list[float]] = []  # [epoch, step, t, loss]
+
+    def on_step_end(self, trainer, metrics):
+        self.rows.append([float(metrics["epoch"]), float(metrics["step"]), time.perf_counter(), float(metrics["loss"])])
+
+    def on_epoch_end(self, trainer, metrics):
+        if self.path:
+            Path(self.path).write_text(json.dumps({"rows": self.rows, "pid": os.getpid(),
+                                                   "threads": __import__("torch").get_num_threads()}))
+
+
+def instrumented_trainable(config, consts):
+    """The service's ``tune.trainable.train_pahcl``, with a StepClock inserted after its MLflow step callback."""
+    import pahcl.train as pt
+    from tune import trainable as T
+
+    path = str(Path(consts["cache_dir"]).parent / "bench_steps.json")  # cache_dir is resolved: the shared cache
+    orig_init = pt.Trainer.__init__
+
+    def init(self, cfg, train, val=None, callbacks=(), *args, **kw):
+        cbs = list(callbacks)
+        cbs.insert(1, StepClock(path))  # [MLflowStepCallback, StepClock, _Report]
+        orig_init(self, cfg, train, val, cbs, *args, **kw)
+
+    pt.Trainer.__init__ = init
+    try:
+        return T.train_pahcl(config, consts)
+    finally:
+        pt.Trainer.__init__ = orig_init
+
+
+instrumented_trainable.__name__ = "train_pahcl"
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _cfg_like_trainable(space_file: str, results: str):
+    """The trial's Config, built the way tune.trainable builds it (fixed + sampled + seed)."""
+    from pahcl.config import build_config
+    from tune.spaces import load_space
+
+    sp = load_space(space_file, results_root=results, log=lambda m: None)
+    ov = sp.trial_overrides(PARAMS)
+    tree = sp.base_tree()
+    ov["seed"] = int(ov.get("seed", tree.get("seed", 42)))
+    return build_config(tree, ov)
+
+
+def worker_bare(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from pahcl.train import Trainer, prepare_data
+
+    cfg = _cfg_like_trainable(spec["space"], spec["results"])
+    train, val = prepare_data(cfg, spec["data"], cache_dir=spec["cache"], log=lambda m: None)
+    clock = StepClock()
+    Trainer(cfg, train, val, callbacks=[clock], log=lambda m: None).fit()
+    return {"rows": clock.rows, "threads": torch.get_num_threads()}
+
+
+def worker_ray(spec: dict) -> dict:
+    results = Path(spec["results"])
+    results.mkdir(parents=True, exist_ok=True)
+    link = results / "cache"
+    if not link.exists():
+        link.symlink_to(spec["cache"], target_is_directory=True)  # same data cache as the bare runs
+    import tune.trainable
+    from tune import run_search
+
+    tune.trainable.train_pahcl = instrumented_trainable  # run_search imports it at call time
+    out = run_search.main(["--space", spec["space"], "--results-dir", str(results)])
+    f = Path(spec["cache"]).parent / "bench_steps.json"
+    steps = json.loads(f.read_text())
+    f.unlink()
+    return {"rows": steps["rows"], "threads": steps["threads"], "exit_code": out.get("exit_code")}
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def analyse(rows: list[list[float]]) -> dict:
+    by_epoch: dict[int, list[float]] = {}
+    for e, _s, t, _l in rows:
+        by_epoch.setdefault(int(e), []).append(t)
+    inner, boundary = [], []
+    eps = sorted(by_epoch)
+    for e in eps:
+        ts = by_epoch[e]
+        inner += [b - a for a, b in zip(ts, ts[1:])]
+    med = sorted(inner)[len(inner) // 2] if inner else 0.0
+    for e0, e1 in zip(eps, eps[1:]):
+        boundary.append(by_epoch[e1][0] - by_epoch[e0][-1] - med)  # validation (+ report) beyond one step
+    return {"steps": len(rows), "timed_intervals": len(inner), "step_s_mean": sum(inner) / max(len(inner), 1),
+            "step_s_median": med, "steps_s_total": sum(inner), "epoch_boundary_s": boundary,
+            "train_wall_s": rows[-1][2] - rows[0][2] if rows else 0.0, "losses": [r[3] for r in rows]}
+
+
+def run_one(kind: str, spec: dict, timeout: float) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)], cwd=REPO,
+                       capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{kind} run failed (rc {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    res = json.loads(line[7:])
+    res.update(analyse(res.pop("rows")), e2e_wall_s=wall, kind=kind, loadavg=os.getloadavg())
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=3, help="interleaved (bare, ray) pairs")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=40, help="training.max_steps_per_epoch")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--data", default="synthetic")
+    ap.add_argument("--threads", type=int, default=1, help="cpus_per_trial = torch threads in both paths")
+    ap.add_argument("--warmup-pair", action="store_true", help="run one untimed pair first")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--smoke-test", action="store_true", help="1 pair, 2 epochs x 4 steps, synthetic:40")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        spec = json.loads(a.spec)
+        res = worker_bare(spec) if a.worker == "bare" else worker_ray(spec)
+        print("RESULT " + json.dumps(res), flush=True)
+        return 0
+    if a.smoke_test:
+        a.pairs, a.epochs, a.steps, a.data = 1, 2, 4, "synthetic:40"
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    m0 = machine()
+    tmp = Path(tempfile.mkdtemp(prefix="pahcl_overhead_"))
+    import yaml
+
+    space_file = tmp / "bench_overhead.yaml"
+    space_file.write_text(yaml.safe_dump(space_dict(a), sort_keys=False))
+    cache = tmp / "cache"
+    # fill the data cache once (excluded from everything timed)
+    from pahcl.train import prepare_data
+
+    prepare_data(_cfg_like_trainable(str(space_file), str(tmp / "r0")), a.data, cache_dir=cache, log=lambda m: None)
+
+    runs = []
+    order = (["bare", "ray"] if a.warmup_pair else []) + ["bare", "ray"] * a.pairs
+    for i, kind in enumerate(order):
+        spec = {"space": str(space_file), "results": str(tmp / f"r{i}"), "cache": str(cache), "data": a.data,
+                "threads": a.threads}
+        r = run_one(kind, spec, a.timeout)
+        r["warmup"] = a.warmup_pair and i < 2
+        runs.append(r)
+        print(f"[{kind:4s}] step {r['step_s_mean'] * 1000:7.1f} ms (median {r['step_s_median'] * 1000:.1f}), "
+              f"{r['timed_intervals']} intervals, e2e {r['e2e_wall_s']:.1f} s, load {os.getloadavg()[0]:.2f}",
+              file=sys.stderr, flush=True)
+    timed = [r for r in runs if not r["warmup"]]
+    bare = [r for r in timed if r["kind"] == "bare"]
+    ray = [r for r in timed if r["kind"] == "ray"]
+    pairs = list(zip(bare, ray))
+    ratio_step = [y["step_s_mean"] / x["step_s_mean"] for x, y in pairs]
+    ratio_med = [y["step_s_median"] / x["step_s_median"] for x, y in pairs]
+    ratio_e2e = [y["e2e_wall_s"] / x["e2e_wall_s"] for x, y in pairs]
+    loss_diff = max((max(abs(u - v) for u, v in zip(x["losses"], y["losses"])) for x, y in pairs), default=None)
+    same_steps = all(len(x["losses"]) == len(y["losses"]) for x, y in pairs)
+    summary = {
+        "ratio_step_mean": spread(ratio_step), "ratio_step_median": spread(ratio_med), "ratio_e2e": spread(ratio_e2e),
+        "bare_step_ms": spread([r["step_s_mean"] * 1000 for r in bare]),
+        "ray_step_ms": spread([r["step_s_mean"] * 1000 for r in ray]),
+        "bare_e2e_s": spread([r["e2e_wall_s"] for r in bare]), "ray_e2e_s": spread([r["e2e_wall_s"] for r in ray]),
+        "bare_boundary_s": spread([b for r in bare for b in r["epoch_boundary_s"]]),
+        "ray_boundary_s": spread([b for r in ray for b in r["epoch_boundary_s"]]),
+        "bare_train_wall_s": spread([r["train_wall_s"] for r in bare]),
+        "ray_train_wall_s": spread([r["train_wall_s"] for r in ray]),
+        "max_abs_loss_diff": loss_diff, "same_number_of_steps": same_steps,
+        "optimizer_steps_per_run": bare[0]["steps"] if bare else 0,
+    }
+    table = markdown(summary, a)
+    print(table)
+    for r in runs:
+        r.pop("losses", None)
+    m0["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    write_json(a.out, {"bench": "harness_overhead", "command": command(argv), "machine": m0, "args": vars(a),
+                       "space": space_dict(a), "summary": summary, "runs": runs, "markdown": table})
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def markdown(s: dict, a) -> str:
+    rows = [
+        ["optimizer step (mean of within-epoch intervals), ms", fmt_spread(s["bare_step_ms"], 1),
+         fmt_spread(s["ray_step_ms"], 1), f"**{fmt_spread(s['ratio_step_mean'])}**"],
+        ["optimizer step (median interval), ratio", "", "", fmt_spread(s["ratio_step_median"])],
+        ["epoch boundary beyond one step (validation; trial: + flush, checkpoint, report), s",
+         fmt_spread(s["bare_boundary_s"], 2), fmt_spread(s["ray_boundary_s"], 2), ""],
+        ["training wall (first to last step), s", fmt_spread(s["bare_train_wall_s"], 1),
+         fmt_spread(s["ray_train_wall_s"], 1), ""],
+        ["end-to-end wall incl. start-up, s", fmt_spread(s["bare_e2e_s"], 1), fmt_spread(s["ray_e2e_s"], 1),
+         fmt_spread(s["ratio_e2e"], 2)],
+    ]
+    head = ["quantity (median (min–max) over pairs)", "bare Trainer", "Ray trial + MLflow", "ratio trial / bare"]
+    note = (f"\n{s['ratio_step_mean']['n']} interleaved pairs; {s['optimizer_steps_per_run']} optimizer steps per run "
+            f"({a.epochs} epochs x {a.steps} steps, preset {a.preset}, {a.data}, batch 8 x 2, {a.threads} thread); "
+            f"same steps in both: {s['same_number_of_steps']}, max |loss difference| {s['max_abs_loss_diff']:.2e}")
+    return md_table(head, rows) + note
+
+
+if __name__ == "__main__":
+    sys.exit(main())
