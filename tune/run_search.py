@@ -52,6 +52,11 @@ os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")  # nothing leaves the mach
 # short epochs + num_to_keep make Ray warn about experiment-checkpoint sync time on every save; the
 # syncing is local and cheap here (stack-notes), so the warning is silenced.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A local (single-node) Ray binds its gRPC servers (GCS, raylet, workers) and the runtime-env agent to the
+# node's IP on all interfaces by default; with Ray's single-node mode they listen on 127.0.0.1 only. Read
+# by Ray when it is imported, so set here (before any `import ray`), unless joining a cluster (--address).
+if not any(a == "--address" or a.startswith("--address=") for a in sys.argv[1:]):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from pahcl.config import ConfigError  # noqa: E402
 
@@ -80,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke-test", action="store_true", help="minimal search: tiny preset, 2 trials x 2 epochs")
     p.add_argument("--preset", default=None, help="override the space's preset (auto, full, small, tiny)")
     p.add_argument("--budget", default=None, help="apply a named budget of the space file (e.g. synthetic_cpu)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its latest "
+                   "checkpoint (Ray FailureConfig.max_failures; NaN loss / repeated OOM are never retried)")
     a = p.parse_args(argv)
     if a.seeds < 1:
         p.error("--seeds must be >= 1")
@@ -303,7 +310,11 @@ def main(argv=None) -> dict[str, Any]:
 
     from tune.trainable import train_pahcl
 
-    trainable = tune.with_resources(tune.with_parameters(train_pahcl, consts=consts), res.as_ray())
+    from tune.faults import from_env as faults_from_env
+
+    # test-only fault hook (PAHCL_FAULTS): passed explicitly, trial workers do not see the driver's later env
+    faults = faults_from_env()
+    trainable = tune.with_resources(tune.with_parameters(train_pahcl, consts=consts, faults=faults), res.as_ray())
     total = int(meta["total_trials"])
     started_ray = _init_ray(args)
     try:
@@ -316,7 +327,8 @@ def main(argv=None) -> dict[str, Any]:
             _log(f"[resume] restored {exp_path}: finished trials are kept, unfinished ones continue from their "
                  "last checkpoint, ASHA rungs reloaded from asha_state.json")
         else:
-            tuner = _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id)
+            tuner = _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id,
+                                 max_failures=args.max_failures)
         t_fit = time.time()
         grid = tuner.fit()
         fit_s = time.time() - t_fit
@@ -327,7 +339,7 @@ def main(argv=None) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id):
+def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2):
     import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter, Repeater
@@ -354,7 +366,7 @@ def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
         run_config=tune.RunConfig(
             name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1),
     )
 
 

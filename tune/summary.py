@@ -79,7 +79,10 @@ def rank_trials(rows: list[dict], space) -> pd.DataFrame:
     if df.empty:
         return df
     asc = space.mode == "min"
-    df = df.sort_values(space.metric, ascending=asc, na_position="last", kind="mergesort").reset_index(drop=True)
+    df = df.sort_values(space.metric, ascending=asc, na_position="last", kind="mergesort")
+    # an errored trial (NaN loss, OOM, crash beyond max_failures) ranks after every good one, whatever it
+    # reported before failing: it can never be the best
+    df = df.sort_values("status", key=lambda s: s == "ERROR", kind="mergesort").reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     # config_id -> short group number in order of first appearance in the ranking
     gid = {c: i + 1 for i, c in enumerate(dict.fromkeys(df["config_id"]))}
@@ -94,6 +97,8 @@ def aggregate_seeds(df: pd.DataFrame, space) -> pd.DataFrame:
         return df
     m = space.metric
     pcols = [c for c in df.columns if c.startswith("param:")]
+    if "status" in df.columns:  # errored trials do not count towards a configuration's mean
+        df = df.assign(**{m: df[m].where(df["status"] != "ERROR")})
     g = df.groupby("config", sort=False)
     agg = g.agg(n_seeds=(m, "count"), mean=(m, "mean"), std=(m, "std"), epochs=("epochs", "max")).reset_index()
     agg["std"] = agg["std"].fillna(0.0)

@@ -15,6 +15,7 @@ and keeps logging to the same child run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -54,9 +55,62 @@ def _apply_gpu_cap(fraction: float | None) -> None:
         torch.cuda.set_per_process_memory_fraction(float(fraction))
 
 
-def train_pahcl(config: dict, consts: dict) -> None:
+NONRETRYABLE = "pahcl_nonretryable.json"  # in the trial's storage dir: a deterministic failure, do not retry
+
+
+def _storage_trial_dir() -> Path | None:
+    """The trial's directory under the experiment (where Ray persists its checkpoints), or None."""
+    try:
+        from ray.train._internal.session import get_session
+
+        return Path(get_session().storage.trial_fs_path)
+    except Exception:  # noqa: BLE001 - private API; only used for markers and checkpoint fallback
+        return None
+
+
+def restore_latest_good(trainer_factory, ckpt, log) -> tuple[Any, str | None, list[str]]:
+    """Load ``tune.get_checkpoint()``; if it is corrupt, truncated or refused (``weights_only``), fall back to
+    the trial's older ``checkpoint_*`` dirs (newest first), else start fresh. Returns (trainer, dir used or
+    None, reasons for every checkpoint skipped)."""
+    from pahcl.checkpoint import CheckpointError
+
+    trainer = trainer_factory()
+    if ckpt is None:
+        return trainer, None, []
+    first = Path(ckpt.path) if getattr(ckpt, "path", None) else None
+    cands: list[Path] = []
+    if first is not None and first.is_dir():
+        older = sorted((p for p in first.parent.glob("checkpoint_*") if p.is_dir() and p.name < first.name),
+                       reverse=True)
+        cands = [first] + older
+    skipped: list[str] = []
+    if not cands:  # not on a local filesystem: only the checkpoint Ray gave us
+        try:
+            with ckpt.as_directory() as d:
+                trainer.load_checkpoint(Path(d) / CKPT_NAME)
+            return trainer, str(first), []
+        except CheckpointError as e:
+            skipped.append(str(e))
+            log(f"[trial] checkpoint unusable, starting this trial from scratch: {e}")
+            return trainer_factory(), None, skipped
+    for d in cands:
+        try:
+            trainer.load_checkpoint(d / CKPT_NAME)
+            if skipped:
+                log(f"[trial] resumed from an older checkpoint {d.name} (epoch {trainer.epoch}); skipped: {skipped}")
+            return trainer, str(d), skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+            trainer = trainer_factory()  # a half-applied load must not leak into the next attempt
+    log(f"[trial] no usable checkpoint ({len(skipped)} refused), starting this trial from scratch: {skipped}")
+    return trainer, None, skipped
+
+
+def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     from pahcl.config import build_config
-    from pahcl.train import Callback, Trainer, prepare_data
+    from pahcl.train import Callback, NonFiniteLossError, StepOutOfMemoryError, Trainer, prepare_data
+
+    from tune.faults import FaultInjector
 
     from tune.mlflow_utils import (
         PARENT_TAG, BatchLogger, MLflowStepCallback, _client, find_child_run,
@@ -69,6 +123,14 @@ def train_pahcl(config: dict, consts: dict) -> None:
 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+    trial_dir = _storage_trial_dir()
+    injector = FaultInjector(faults, trial_id, str(trial_dir) if trial_dir else None) if faults else None
+    nonretry = trial_dir / NONRETRYABLE if trial_dir else None
+    if nonretry is not None and nonretry.exists():  # Ray retried a deterministic failure: fail fast, same reason
+        reason = json.loads(nonretry.read_text()).get("reason", "?")
+        if injector:
+            injector.event("trial_start", resumed_from_epoch=None, refused=reason)
+        raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
     ov = trial_overrides(config, consts)
     cfg = build_config(consts["base_tree"], ov)
 
@@ -109,17 +171,48 @@ def train_pahcl(config: dict, consts: dict) -> None:
             out = {k: float(v) for k, v in metrics.items()}
             out["epoch"] = int(trainer.epoch)
             out["mlflow_run_id"] = run_id
+            if injector:  # the last report of a trial stopped there (ASHA, max_t) never returns
+                injector.event("report", epoch=int(trainer.epoch), step=int(trainer.global_step),
+                               oom_retries=int(trainer.oom_retries))
             with tempfile.TemporaryDirectory(prefix="pahcl_ckpt_") as d:
                 trainer.save_checkpoint(Path(d) / CKPT_NAME)
                 tune.report(out, checkpoint=tune.Checkpoint.from_directory(d))
+            if injector:  # after report returned: the checkpoint of this epoch is persisted
+                injector.event("reported", epoch=int(trainer.epoch), step=int(trainer.global_step))
 
-    trainer = Trainer(cfg, train, val, callbacks=[step_cb, _Report()], out_dir=None, log=lambda m: None)
+    callbacks = [step_cb, _Report()] + ([injector] if injector else [])
+
+    def make_trainer():
+        tr = Trainer(cfg, train, val, callbacks=callbacks, out_dir=None, log=print)
+        return injector.attach(tr) if injector else tr
+
     ckpt = tune.get_checkpoint()
+    trainer, used, skipped = restore_latest_good(make_trainer, ckpt, print)
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            trainer.load_checkpoint(Path(d) / CKPT_NAME)
         client.set_tag(run_id, "pahcl.resumed_from_epoch", str(trainer.epoch))
+        if skipped:
+            client.set_tag(run_id, "pahcl.resume_fallback",
+                           (f"resumed from {Path(used).name}" if used else "restarted from scratch")
+                           + f"; refused: {' | '.join(skipped)}"[:4900])
+    if injector:
+        injector.event("trial_start", resumed_from_epoch=trainer.epoch if ckpt is not None else None,
+                       checkpoint=Path(used).name if used else None, skipped=len(skipped))
     t0 = time.perf_counter()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as e:  # NOT BaseException: a trial stopped by ASHA/Ray gets SystemExit(0) from
+        # tune.report (ray.train._internal.session, stop_event -> sys.exit(0)); that is no failure
+        reason = f"{type(e).__name__}: {e}"
+        if injector:
+            injector.event("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
+        if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError)) and nonretry is not None:
+            nonretry.write_text(json.dumps({"reason": reason, "step": trainer.global_step}))
+        try:  # the reason on the child run; the driver's EndChildRunsCallback marks it FAILED when Ray gives up
+            logger.flush()
+            client.set_tag(run_id, "pahcl.error", reason[:4900])
+            client.set_terminated(run_id, status="FAILED")
+        except Exception as me:  # noqa: BLE001 - MLflow down: the error still reaches Ray
+            print(f"[mlflow] could not record the failure of trial {trial_id}: {me}")
+        raise
     logger.flush()
     client.set_tag(run_id, "pahcl.train_seconds", f"{time.perf_counter() - t0:.1f}")
