@@ -271,7 +271,7 @@ def markdown(s: dict, a) -> str:
          fmt_spread(s["ratio_e2e"], 2)],
     ]
     head = ["quantity (median (min–max) over pairs)", "bare Trainer", "Ray trial + MLflow", "ratio trial / bare"]
-    note = (f"\n{s['ratio_step_mean']['n']} interleaved pairs; {s['optimizer_steps_per_run']} optimizer steps per run "
+    note = (f"\n\n{s['ratio_step_mean']['n']} interleaved pairs; {s['optimizer_steps_per_run']} optimizer steps per run "
             f"({a.epochs} epochs x {a.steps} steps, preset {a.preset}, {a.data}, batch 8 x 2, {a.threads} thread); "
             f"same steps in both: {s['same_number_of_steps']}, max |loss difference| {s['max_abs_loss_diff']:.2e}")
     return md_table(head, rows) + note

@@ -231,7 +231,7 @@ def markdown(s: dict, a) -> str:
                  ms("epoch_fraction"), ms("fit_s", 0), ms("best_reported", 3), "", ms("selected_full_budget", 3),
                  ms("gap_selected_full_budget", 1, 100)])
     n = len(s["tpe"])
-    note = (f"\nTarget: (b) within 1 point of (a)'s best at <= 0.35 of its trial-epochs. Within 1 point (full-budget "
+    note = (f"\n\nTarget: (b) within 1 point of (a)'s best at <= 0.35 of its trial-epochs. Within 1 point (full-budget "
             f"value of the selected configuration): {s['tpe_within_one_point']}/{n} seeds; trial-epoch fraction "
             f"{s['tpe_epoch_fraction']['mean']:.2f} (max {s['tpe_epoch_fraction']['max']:.2f}). "
             f"Grid values, best first: {', '.join(f'{v:.3f}' for v in g['values'])}.")

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/segmentation_f1.py                       # ../shared/data/circor_tiny
     .venv/bin/python bench/segmentation_f1.py --data circor:DIR --tolerance 0.06 --markdown out.md
+    .venv/bin/python bench/segmentation_f1.py --out bench/results/segmentation_f1.json   # + JSON (bench/run_all.py)
 
 Each recording goes through the training preprocessing (``preprocess_signal`` at data.sample_rate)
 and ``segment_states``; a detected S1 (S2) is the centre of a decoded S1 (S2) state. A detection
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.06, help="seconds between centres (default 0.06)")
     ap.add_argument("--sample-rate", type=int, default=DataConfig().sample_rate)
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
+    ap.add_argument("--out", default=None, help="also write the table and overall scores as JSON")
     args = ap.parse_args(argv)
     cfg = DataConfig(sample_rate=args.sample_rate)
     recs = [r for r in read_recordings(args.data) if r.annotations is not None]
@@ -102,6 +104,17 @@ def main(argv=None) -> int:
     print(f"{len(recs)} recordings, tolerance {args.tolerance * 1000:.0f} ms, {time.perf_counter() - t0:.1f} s")
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
+    if args.out:
+        import json
+        import shlex
+
+        overall = {k: dict(zip(("precision", "recall", "f1"), f1(*(int(v) for v in tot[k])))) for k in ("S1", "S2")}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "bench": "segmentation_f1", "data": args.data, "tolerance_s": args.tolerance, "recordings": len(recs),
+            "seconds": time.perf_counter() - t0, "overall": overall, "markdown": text,
+            "command": "python bench/segmentation_f1.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
+        }, indent=1))
     return 0
 
 

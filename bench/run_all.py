@@ -1,0 +1,410 @@
+"""Run the CPU benchmarks and (re)write docs/benchmarks.md from their JSON results.
+
+    python bench/run_all.py                          # every bench (~30-40 min on 2 cores), then the doc
+    python bench/run_all.py --smoke-test             # every bench with --smoke-test (minutes); doc -> bench/results/smoke/
+    python bench/run_all.py --only harness_overhead concurrency      # re-run some, keep the others' JSON
+    python bench/run_all.py --skip search_efficiency                 # everything but the longest one
+    python bench/run_all.py --render-only            # just rewrite docs/benchmarks.md from bench/results/*.json
+
+Raw results: bench/results/<bench>.json (not committed), logs in bench/results/logs/. The doc is
+regenerated as a whole from the JSON files (each section names the exact command that produced
+it, its date and the load average during it). Sections for results that are not re-run here are
+rendered when their JSON exists: the Yaseen linear probe (``bench/linear_probe_yaseen.py --out
+bench/results/linear_probe_yaseen.json`` after the 30-epoch pretraining of docs/training.md) and
+the training-step throughput (``bench/train_throughput.py --out bench/results/train_throughput.json``).
+Text below the line ``<!-- KEEP BELOW: ... -->`` in docs/benchmarks.md is kept verbatim.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, RESULTS, fmt_spread, loadavg, machine, md_table, now_utc  # noqa: E402
+
+KEEP_MARK = "<!-- KEEP BELOW: text after this line is kept verbatim by bench/run_all.py -->"
+
+# name -> (script + arguments of the full run, arguments of the smoke run)
+BENCHES: dict[str, tuple[list[str], list[str]]] = {
+    "harness_overhead": (["bench/harness_overhead.py"], ["--smoke-test"]),
+    "concurrency": (["bench/concurrency.py"], ["--smoke-test"]),
+    "data_path": (["bench/data_path.py"], ["--smoke-test"]),
+    "segmentation_f1": (["bench/segmentation_f1.py"], []),
+    "mamba_backends": (["bench/mamba_backends.py", "--skip-large", "--only", "full fused b8,full naive b8,small"],
+                       ["--smoke-test"]),
+    "search_efficiency": (["bench/search_efficiency.py"], ["--smoke-test"]),
+}
+
+
+def run_bench(name: str, smoke: bool, out_dir: Path, timeout: float) -> dict:
+    args, smoke_args = BENCHES[name]
+    out = out_dir / f"{name}.json"
+    cmd = [sys.executable, *args, *(smoke_args if smoke else []), "--out", str(out.relative_to(REPO))]
+    log = out_dir / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    l0, t0 = loadavg(), time.perf_counter()
+    print(f"[run_all] {name}: {' '.join(cmd[1:])} (load {l0[0]:.2f})", flush=True)
+    with open(log, "w") as f:
+        try:
+            p = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    wall = time.perf_counter() - t0
+    print(f"[run_all] {name}: rc {rc}, {wall:.0f} s, load {loadavg()[0]:.2f}; log {log.relative_to(REPO)}", flush=True)
+    return {"name": name, "rc": rc, "wall_s": wall, "load_start": l0, "load_end": loadavg(), "log": str(log)}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _load(d: Path, name: str) -> dict | None:
+    p = d / f"{name}.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(d: Path, name: str) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((d / f"{name}.json").stat().st_mtime))
+    except OSError:
+        return "?"
+
+
+def _when(j: dict) -> str:
+    m = j.get("machine") or {}
+    la, le = m.get("loadavg"), m.get("loadavg_end")
+    s = f"{m.get('date', '?')}"
+    if la:
+        s += f"; load average (1/5/15 min) at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}"
+    if le:
+        s += f", at end {le[0]:.2f}/{le[1]:.2f}/{le[2]:.2f}"
+    return s
+
+
+def _md(text: str) -> str:
+    """A blank line between a table's last row and following text (older JSON lacks it)."""
+    lines = text.splitlines()
+    out = []
+    for i, ln in enumerate(lines):
+        if i and out and out[-1].startswith("|") and ln and not ln.startswith("|"):
+            out.append("")
+        out.append(ln)
+    return "\n".join(out)
+
+
+def _cmd(c: str) -> str:
+    return f"```\n{c}\n```"
+
+
+def sec_harness(j: dict | None) -> str:
+    h = "## 1. Harness overhead: bare Trainer vs one Ray Tune trial with MLflow logging\n\n"
+    if not j:
+        return h + "Not run yet: `python bench/harness_overhead.py --out bench/results/harness_overhead.json`.\n"
+    s, a = j["summary"], j["args"]
+    r = s["ratio_step_mean"]
+    verdict = ("within" if r["median"] <= 1.03 else "above") + " the 1.03 target"
+    return (h + _cmd(j["command"]) + f"\n\n{_when(j)}.\n\n"
+            "Same optimizer steps (same config built the way `tune/trainable.py` builds it, same seed, same data "
+            "cache, one torch thread, `cpus_per_trial: 1`) run by the bare `pahcl.train.Trainer` and by the "
+            "service's trainable inside a one-trial search started through `tune.run_search.main` (Optuna searcher, "
+            "ASHA, MLflow child run logging every step: the tiny preset's default `log_interval` 1, checkpoint + "
+            "`tune.report` every epoch). Runs interleaved bare, ray, bare, ray, ...; each a fresh process. "
+            "Timed region: intervals between consecutive optimizer steps of the same epoch, from a callback "
+            "that stores `perf_counter()` after every step in both paths (in the trial right after the MLflow "
+            "step callback, so its cost is inside the interval); Ray start-up, data loading and the epoch "
+            "boundaries (validation, and in the trial the MLflow flush, checkpoint and report) are outside it "
+            "and reported separately.\n\n"
+            + _md(j["markdown"]) + "\n\n"
+            f"**Step-time ratio trial / bare: {fmt_spread(r)} (median (min–max) over {r['n']} pairs), {verdict}.** "
+            f"End-to-end wall (Python start to exit) is dominated by start-up: "
+            f"{fmt_spread(s['bare_e2e_s'], 1)} s bare vs {fmt_spread(s['ray_e2e_s'], 1)} s through Ray "
+            f"(Ray start, worker start and imports, MLflow store and runs, results and plots).\n")
+
+
+def sec_search(j: dict | None) -> str:
+    h = "## 2. Search efficiency: full grid vs TPE + ASHA\n\n"
+    if not j:
+        return h + "Not run yet: `python bench/search_efficiency.py --out bench/results/search_efficiency.json`.\n"
+    s, a = j["summary"], j["args"]
+    g = s["grid"]
+    n = len(s["tpe"])
+    frac = s["tpe_epoch_fraction"]
+    within = s["tpe_within_one_point"]
+    ok_frac = frac["max"] <= 0.35
+    target = ("met" if within == n and ok_frac else
+              "met on trial-epochs, missed on accuracy" if ok_frac else
+              "missed on trial-epochs" + ("" if within == n else " and on accuracy"))
+    return (h + _cmd(j["command"]) + f"\n\n{_when(j)}; whole bench {j['total_s'] / 60:.1f} min.\n\n"
+            f"Space: moco_stage2's CPU budget (tiny preset, `{a['data']}`, batch 8 x 2, queue 256, "
+            f"`max_steps_per_epoch` {a['steps']}, 2 trials at a time, 1 CPU each) made discrete: learning rate "
+            f"{a['lr']} x warmup epochs {a['warmup']} x MoCo momentum {a['momentum']} = {g['trials']} configurations, "
+            f"`max_epochs` {a['epochs']}. (a) every configuration for {a['epochs']} epochs (`tune.grid_search`, FIFO). "
+            f"(b) the service's own Tuner (`tune/run_search.py`: OptunaSearch + TPESampler(seed) + "
+            f"ConcurrencyLimiter(2) + PersistentASHA, grace period {a['grace']} = the largest warmup, reduction "
+            f"factor {a['rf']:g}) with {a['num_samples']} samples, search seeds {a['seeds']}. Both through "
+            "`tune.run_search.main` on one local Ray (start-up excluded from the walls). Training is seeded and "
+            "deterministic, so the grid value of a configuration is its full-budget result; \"full-budget value\" of "
+            "(b)'s pick is looked up there. One point = 0.01 accuracy.\n\n"
+            + _md(j["markdown"]) + "\n\n"
+            f"**Target ((b) within 1 point of (a)'s best at <= 0.35 of its trial-epochs): {target}** — "
+            f"{within}/{n} seeds within one point; trial-epochs {frac['mean']:.2f} ± {frac['std']:.2f} of the grid's "
+            f"(max {frac['max']:.2f}).\n")
+
+
+def sec_concurrency(j: dict | None) -> str:
+    h = "## 3. Concurrency and packing\n\n"
+    if not j:
+        return h + "Not run yet: `python bench/concurrency.py --out bench/results/concurrency.json`.\n"
+    rows = j["cpu"]
+    txt = h + "### CPU: 1 vs 2 concurrent trials\n\n" + _cmd(j["command"]) + f"\n\n{_when(j)}.\n\n"
+    txt += ("Each trial is its own process running the real optimizer step (data loading from the Trainer's "
+            "DataLoader included, validation not) on the synthetic training split; all processes are released "
+            f"together after warm-up and train for {j['args']['seconds']:.0f} s. Preset tiny with the CPU search's "
+            "batch 8 x 2 and queue 256.\n\n" + _md(j.get("cpu_markdown", "")) + "\n\n")
+    by = {(r["preset"], r["trials"], r["threads_per_trial"]): r["aggregate_cycles_per_s"] for r in rows}
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        one, two, thr = by.get((preset, 1, 1)), by.get((preset, 2, 1)), by.get((preset, 1, 2))
+        if one and two:
+            txt += (f"**{preset}: 2 concurrent 1-thread trials give {two / one:.2f}x the aggregate throughput of one "
+                    f"1-thread trial**" + (f" and {two / thr:.2f}x that of one 2-thread trial" if thr else "") + ".\n")
+    txt += ("\n### GPU: peak memory per configuration, `auto` packing, packed vs alone\n\n"
+            "Code path: `python bench/concurrency.py --gpu --no-cpu --out bench/results/concurrency_gpu.json` "
+            "(runs by default when CUDA is present). Per stage space (full preset): one training step of every "
+            "batch-size x queue-size configuration, peak memory read by `tune.resources.measure_peak_gpu_memory` "
+            "(the probe `--gpus-per-trial auto` uses); the packing decision of `tune.resources.plan_resources` "
+            "(trials per GPU, per-process memory cap); then aggregate cycles/s of k packed fractional trials "
+            "(each capped with `torch.cuda.set_per_process_memory_fraction`, as the trainable does) vs one alone.\n\n")
+    gj = _load(Path(j.get("_dir", RESULTS)), "concurrency_gpu")
+    g = (gj or {}).get("gpu") or j.get("gpu") or {}
+    if g.get("status") == "ok":
+        txt += _cmd((gj or j)["command"]) + "\n\n" + (gj or j)["gpu_markdown"] + "\n"
+    else:
+        txt += ("**Not run: no GPU was lent to this task** (this machine has no CUDA device; "
+                f"the bench recorded: \"{g.get('status', 'not run')}\"). No GPU figure is claimed here.\n")
+    return txt
+
+
+def sec_mamba(j: dict | None) -> str:
+    h = "## 4. Mamba backends (CPU)\n\n"
+    if not j:
+        return h + "Not run yet.\n"
+    m = j["meta"]
+    la = m.get("loadavg") or [0, 0, 0]
+    rows = {r["spec"]["name"]: r["result"] for r in j["rows"]}
+    txt = (h + _cmd(m["command"]) + f"\n\n{j.get('_date', '')}; load average at the end "
+           f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}; {m.get('total_s', 0) / 60:.1f} min; torch {m['torch']}, "
+           f"{m['cpu_count']} CPUs, 2 torch threads per configuration (each in its own process).\n\n"
+           "Encoder forward + backward (one warm-up, median of the timed iterations) of the pure-PyTorch Mamba "
+           "block: `fused` = chunked scan in a custom autograd Function with per-chunk recompute (the default), "
+           "`naive` = per-timestep Python loop keeping every state (reference). Peak RSS per configuration "
+           "(own subprocess).\n\n" + _md(j["markdown"]) + "\n")
+    for a, b in (("full fused b8", "full naive b8"), ("small fused b32", "small naive b32")):
+        ra, rb = rows.get(a, {}), rows.get(b, {})
+        if ra.get("status") == "ok" and rb.get("status") == "ok":
+            txt += (f"\n{a.split()[0]}: fused vs naive fwd+bwd {ra['step_s']:.2f} s vs {rb['step_s']:.2f} s "
+                    f"({rb['step_s'] / ra['step_s']:.2f}x), peak RSS {ra['peak_rss_gb']:.2f} vs {rb['peak_rss_gb']:.2f} GB.")
+    txt += ("\n\nCUDA rows (`mamba_ssm` kernels vs the torch scan, fp32 vs bf16 autocast) are produced by the same "
+            "command on a CUDA machine; **not run: no GPU was lent to this task.**\n")
+    return txt
+
+
+def sec_data(j: dict | None) -> str:
+    h = "## 5. Data path: preprocessing, loader, training step\n\n"
+    if not j:
+        return h + "Not run yet: `python bench/data_path.py --out bench/results/data_path.json`.\n"
+    share = j["loader_share_of_step"]
+    ld, st = j["loader"][0], j["step"]
+    return (h + _cmd(j["command"]) + f"\n\n{_when(j)}.\n\n"
+            "Preprocessing = what `load_cycles` does per recording on a cache miss (resample to 5 kHz, band-pass, "
+            "spike removal, normalise, cycles from annotations or the automatic segmenter, windows), single "
+            "process; reading is timed separately. Loader = `ContrastiveCycleDataset` + `DataLoader` built by "
+            "`Trainer._loader` with the small (CPU) preset's settings. Step = the small preset's optimizer step "
+            "on pre-loaded batches.\n\n" + _md(j["markdown"]) + "\n\n"
+            f"**The loader delivers {ld['cycles_per_s']:.0f} cycles/s in the training process, the small-preset step "
+            f"consumes {st['cycles_per_s']:.1f} cycles/s: loading is {100 * share:.2f} % of a serial step, so the "
+            "loader is not the bottleneck** (no workers needed on CPU; the step is dominated by the encoder, see "
+            "section 4). Preprocessing runs once per data set and is cached (`<cache>/cycles-<key>/`).\n")
+
+
+def sec_seg(j: dict | None) -> str:
+    h = "## 6. Segmentation F1 (CirCor tiny, annotations hidden)\n\n"
+    if not j:
+        return h + "Not run yet: `python bench/segmentation_f1.py --out bench/results/segmentation_f1.json`.\n"
+    o = j["overall"]
+    data = j["data"]
+    kind, _, path = data.partition(":")
+    if os.path.isabs(path):
+        data = f"{kind}:{os.path.relpath(path, REPO)}"
+    return (h + _cmd(j["command"]) + f"\n\n{j.get('_date', '')}: {j['recordings']} recordings of `{data}`, tolerance "
+            f"{j['tolerance_s'] * 1000:.0f} ms, {j['seconds']:.1f} s. Method and discussion: docs/segmentation.md.\n\n"
+            + _md(j["markdown"]) + "\n\n"
+            f"**S1 F1 {o['S1']['f1']:.3f}** (precision {o['S1']['precision']:.3f}, recall {o['S1']['recall']:.3f}); "
+            f"S2 F1 {o['S2']['f1']:.3f}.\n")
+
+
+def sec_probe(j: dict | None) -> str:
+    h = "## 7. Linear probe on Yaseen\n\n"
+    cmd = ("python -m pahcl.pretrain --data yaseen:../shared/data/yaseen2018 --out runs/y --set training.num_epochs=30\n"
+           "python bench/linear_probe_yaseen.py --checkpoint runs/y/checkpoint_last.pt "
+           "--out bench/results/linear_probe_yaseen.json")
+    if not j:
+        return (h + "Not re-run by `bench/run_all.py` (it needs the 30-epoch Yaseen pretraining of docs/training.md). "
+                "Commands:\n\n" + _cmd(cmd) + "\n\nNo `bench/results/linear_probe_yaseen.json` was present when this "
+                "file was generated; the measured table, when there is one, is in docs/training.md.\n")
+    rows = j["rows"]
+    classes = rows[0].get("classes", [])
+    body = md_table(["features", "dim", "accuracy", "balanced acc."] + [f"recall {c}" for c in classes] + ["n test"],
+                    [[r["features"], r["dim"], f"{r['accuracy']:.3f}", f"{r['balanced_accuracy']:.3f}"]
+                     + [f"{r['per_class_recall'].get(c, float('nan')):.2f}" for c in classes] + [r["n"]] for r in rows])
+    return (h + "Not re-run by `bench/run_all.py`; rendered from `bench/results/linear_probe_yaseen.json` "
+            f"({j.get('date')}; {j.get('machine')}; checkpoint `{j.get('checkpoint')}`, epoch "
+            f"{j.get('checkpoint_epoch')}). Commands:\n\n" + _cmd(cmd) + "\n\n" + body + "\n")
+
+
+def sec_throughput(j: dict | None) -> str:
+    if not j:
+        return ""
+    rows = [[r["preset"], r["mode"], f"{r['batch_size']} x {r['accum']}", f"{r['params'] / 1e6:.2f} M",
+             f"{r['sec_per_step']:.2f}", f"{r['cycles_per_s']:.1f}"] for r in j["rows"]]
+    return ("## 8. Training-step throughput (SimCLR vs MoCo)\n\nRendered from `bench/results/train_throughput.json` "
+            f"({j.get('date')}; {j.get('machine')}).\n\n" + _cmd(j["command"]) + "\n\n"
+            + md_table(["preset", "mode", "batch x accum", "params", "s/step", "cycles/s"], rows) + "\n")
+
+
+def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
+    m = machine()
+    J = {n: _load(d, n) for n in ("harness_overhead", "search_efficiency", "concurrency", "mamba_backends",
+                                  "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput")}
+    if J["concurrency"]:
+        J["concurrency"]["_dir"] = str(d)
+    for n in ("mamba_backends", "segmentation_f1"):  # these two record no date: the file's time
+        if J[n]:
+            J[n]["_date"] = _mtime(d, n)
+    v = m["versions"]
+    head = ["# Benchmarks", "",
+            "Generated by `python bench/run_all.py` from the JSON results in `bench/results/` (raw results are not "
+            "committed; every section names the exact command that produced it, when, and the load average "
+            "during it). Claims about speed in the other docs should point here.", "",
+            "## Machine", "",
+            md_table(["item", "value"], [
+                ["CPU", f"{m['cpu_model']} ({m['arch']}), `nproc` = {m['nproc']}"],
+                ["memory", f"{m['mem_gb']} GiB"],
+                ["GPU", m["gpu"] or "none (no CUDA device; no GPU was lent to this task: every GPU row is marked not run)"],
+                ["versions", f"Python {v['python']}, torch {v['torch']}, ray {v['ray']}, optuna {v['optuna']}, "
+                             f"mlflow {v['mlflow']}, numpy {v['numpy']}, scipy {v['scipy']}"],
+                ["rendered", m["date"]],
+            ])]
+    if run_info:
+        head += ["", f"`bench/run_all.py {' '.join(run_info['argv'])}` ran {run_info['start']} – {run_info['end']}; "
+                     f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in run_info['load_start'])}, at end "
+                     f"{'/'.join(f'{x:.2f}' for x in run_info['load_end'])}. The machine is shared (2 cores): "
+                     "timings taken at a 1-minute load above ~1.5 are marked by the load figures in each section."]
+        head += ["", md_table(["bench", "exit", "wall s", "load at start", "load at end"],
+                              [[b["name"], b["rc"], f"{b['wall_s']:.0f}", f"{b['load_start'][0]:.2f}",
+                                f"{b['load_end'][0]:.2f}"] for b in run_info["benches"]])]
+    summary = headline(J)
+    parts = ["\n".join(head), summary, sec_harness(J["harness_overhead"]), sec_search(J["search_efficiency"]),
+             sec_concurrency(J["concurrency"]), sec_mamba(J["mamba_backends"]), sec_data(J["data_path"]),
+             sec_seg(J["segmentation_f1"]), sec_probe(J["linear_probe_yaseen"])]
+    tp = sec_throughput(J["train_throughput"])
+    if tp:
+        parts.append(tp)
+    parts.append("## Not run here\n\n* Every GPU figure (section 3's peak memory / `auto` packing / packed "
+                 "throughput, section 4's CUDA rows): no GPU was lent to this task. The code paths exist and run "
+                 "when CUDA is present.\n* The 30-epoch Yaseen pretraining behind section 7 (minutes to hours on "
+                 "CPU): run separately, see docs/training.md.")
+    text = "\n\n".join(p.rstrip() for p in parts) + "\n\n" + KEEP_MARK + "\n"
+    if kept.strip():
+        text += kept if kept.startswith("\n") else "\n" + kept
+    return text
+
+
+def headline(J: dict) -> str:
+    items = []
+    h = J["harness_overhead"]
+    if h:
+        s = h["summary"]
+        items.append(f"Harness overhead (step time in a Ray trial with MLflow logging / bare Trainer): "
+                     f"**{fmt_spread(s['ratio_step_mean'])}** (median (min–max), {s['ratio_step_mean']['n']} pairs; "
+                     f"target <= 1.03); end-to-end incl. start-up {fmt_spread(s['ray_e2e_s'], 1)} s vs "
+                     f"{fmt_spread(s['bare_e2e_s'], 1)} s.")
+    se = J["search_efficiency"]
+    if se:
+        s = se["summary"]
+        items.append(f"Search: grid best val/knn_acc **{s['grid']['best']:.3f}** with {s['grid']['trial_epochs']} "
+                     f"trial-epochs; TPE + ASHA ({len(s['tpe'])} seeds) selected configurations worth "
+                     f"**{s['tpe_selected_full_budget']['mean']:.3f} ± {s['tpe_selected_full_budget']['std']:.3f}** at "
+                     f"**{s['tpe_epoch_fraction']['mean']:.2f} ± {s['tpe_epoch_fraction']['std']:.2f}** of the "
+                     f"trial-epochs; within one point in {s['tpe_within_one_point']}/{len(s['tpe'])} seeds.")
+    c = J["concurrency"]
+    if c and c["cpu"]:
+        by = {(r["preset"], r["trials"], r["threads_per_trial"]): r["aggregate_cycles_per_s"] for r in c["cpu"]}
+        p = c["cpu"][0]["preset"]
+        if (p, 1, 1) in by and (p, 2, 1) in by:
+            items.append(f"Concurrency ({p}): 1 trial x 1 thread {by[(p, 1, 1)]:.1f} cycles/s, 1 x 2 threads "
+                         f"{by.get((p, 1, 2), float('nan')):.1f}, **2 concurrent trials {by[(p, 2, 1)]:.1f} "
+                         f"({by[(p, 2, 1)] / by[(p, 1, 1)]:.2f}x)**. GPU packing: not run (no GPU).")
+    d = J["data_path"]
+    if d:
+        items.append(f"Data path: loader **{d['loader'][0]['cycles_per_s']:.0f} cycles/s** vs small-preset step "
+                     f"**{d['step']['cycles_per_s']:.1f} cycles/s** (loading = {100 * d['loader_share_of_step']:.2f} % "
+                     "of a serial step).")
+    mb = J["mamba_backends"]
+    if mb:
+        rows = {r["spec"]["name"]: r["result"] for r in mb["rows"]}
+        a, b = rows.get("full fused b8", {}), rows.get("full naive b8", {})
+        if a.get("status") == "ok" and b.get("status") == "ok":
+            items.append(f"Mamba (full size, batch 8, CPU): fused chunked scan {a['step_s']:.1f} s fwd+bwd, "
+                         f"{a['peak_rss_gb']:.2f} GB vs naive loop {b['step_s']:.1f} s, {b['peak_rss_gb']:.2f} GB.")
+    sg = J["segmentation_f1"]
+    if sg:
+        items.append(f"Segmentation (CirCor tiny): S1 F1 {sg['overall']['S1']['f1']:.3f}, S2 F1 "
+                     f"{sg['overall']['S2']['f1']:.3f}.")
+    return "## Headline numbers\n\n" + "\n".join(f"* {x}" for x in items) if items else "## Headline numbers\n\n(none yet)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke-test", action="store_true", help="every bench with --smoke-test; results and doc "
+                    "under bench/results/smoke/")
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=None)
+    ap.add_argument("--skip", nargs="+", choices=list(BENCHES), default=[])
+    ap.add_argument("--render-only", action="store_true", help="no bench: rewrite the doc from existing JSON")
+    ap.add_argument("--doc", default=None, help="default docs/benchmarks.md (smoke: bench/results/smoke/benchmarks.md)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per bench")
+    a = ap.parse_args(argv)
+    out_dir = RESULTS / "smoke" if a.smoke_test else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = Path(a.doc) if a.doc else (out_dir / "benchmarks.md" if a.smoke_test else REPO / "docs" / "benchmarks.md")
+    info = None
+    if not a.render_only:
+        names = [n for n in (a.only or BENCHES) if n not in a.skip]
+        info = {"argv": sys.argv[1:] if argv is None else list(argv), "start": now_utc(), "load_start": loadavg(),
+                "benches": []}
+        for n in names:
+            info["benches"].append(run_bench(n, a.smoke_test, out_dir, a.timeout))
+        info.update(end=now_utc(), load_end=loadavg())
+        (out_dir / "run_all.json").write_text(json.dumps(info, indent=1))
+    elif (out_dir / "run_all.json").exists():
+        info = json.loads((out_dir / "run_all.json").read_text())
+    kept = ""
+    if doc.exists():
+        old = doc.read_text()
+        if KEEP_MARK in old:
+            kept = old.split(KEEP_MARK, 1)[1]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render(out_dir, info, kept))
+    print(f"[run_all] wrote {doc}")
+    return 0 if not info or all(b["rc"] == 0 for b in info["benches"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
