@@ -1,0 +1,90 @@
+"""Bad input reaches the CLI as one clear error (exit 2, the key named on stderr) before anything starts;
+unsafe YAML (space file AND the base config it names) is refused with no side effect.
+
+Key-by-key validation of space files is in test_tune_spaces.py::test_bad_space_names_the_key (22 cases);
+here the same classes of error go through the CLI entry point ``tune.run_search.cli`` (what
+``python tune/run_search.py`` runs). Malicious checkpoint pickles: tests/pahcl/test_checkpoint.py (file
+level) and test_reliability_faults.py::test_corrupt_newest_checkpoint_falls_back[malicious] (a real trial
+resuming from one). Corrupt/empty/silent/too-short audio: tests/pahcl/data/test_data_readers.py::
+test_bad_files_are_skipped_and_counted and ::test_all_bad_folder_raises.
+"""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tune_helpers import BASE_SPACE, write_space
+
+
+def _space(tmp_path, **changes):
+    sp = yaml.safe_load(yaml.safe_dump(BASE_SPACE))
+    sp.update(changes)
+    return write_space(tmp_path / "bad.yaml", sp)
+
+
+def _params(**extra):
+    p = dict(BASE_SPACE["params"])
+    p.update(extra)
+    return p
+
+
+CASES = [
+    ("unknown key", {"schedular": {"type": "asha"}}, "schedular"),
+    ("wrong type", {"params": _params(**{"training.batch_size": {"type": "categorical", "choices": [8, "big"]}})},
+     "params.training.batch_size"),
+    ("empty choices", {"params": _params(**{"model.moco_momentum": {"type": "categorical", "choices": []}})},
+     "params.model.moco_momentum.choices"),
+    ("lr <= 0", {"params": _params(**{"training.learning_rate": {"type": "float", "low": -1e-3, "high": 1e-2}})},
+     "params.training.learning_rate"),
+    ("momentum outside (0,1)", {"params": _params(**{"model.moco_momentum": {"type": "categorical",
+                                                                              "choices": [0.99, 1.5]}})},
+     "params.model.moco_momentum"),
+    ("queue_size <= 0", {"params": _params(**{"model.queue_size": {"type": "categorical", "choices": [-8]}}),
+                         "fixed": {k: v for k, v in BASE_SPACE["fixed"].items() if k != "model.queue_size"}},
+     "params.model.queue_size"),
+    ("fixed lr <= 0", {"fixed": {**BASE_SPACE["fixed"], "training.learning_rate": 0.0},
+                       "params": {"model.moco_momentum": {"type": "categorical", "choices": [0.99]}}},
+     "training.learning_rate"),
+]
+
+
+@pytest.mark.parametrize("case,changes,key", CASES, ids=[c[0] for c in CASES])
+def test_cli_bad_space_exit_2_names_the_key(case, changes, key, tmp_path, capsys):
+    from tune.run_search import cli
+
+    rc = cli(["--space", str(_space(tmp_path, **changes)), "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and key in err, err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "r" / "mlflow.db").exists() and not (tmp_path / "r" / "test_stage").exists()
+
+
+@pytest.mark.parametrize("where", ["space", "base_config"])
+def test_unsafe_yaml_refused_without_side_effect(where, tmp_path, capsys):
+    from tune.run_search import cli
+
+    marker = tmp_path / "PWNED"
+    evil = f"!!python/object/apply:os.system ['touch {marker}']"
+    if where == "space":
+        path = tmp_path / "evil.yaml"
+        path.write_text(f"stage: evil\nnum_samples: {evil}\n")
+    else:
+        base = tmp_path / "evil_base.yaml"
+        base.write_text(f"seed: {evil}\n")
+        path = _space(tmp_path, base_config=str(base))
+    rc = cli(["--space", str(path), "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "safe_load" in err, err
+    assert not marker.exists()
+
+
+def test_pretrain_config_with_python_tag_refused(tmp_path):
+    from pahcl.config import ConfigError, load_config
+
+    marker = tmp_path / "PWNED"
+    p = tmp_path / "cfg.yaml"
+    p.write_text(f"training: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError):
+        load_config(p)
+    assert not marker.exists()
