@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's HTTP client retries a failed request 7 times with factor-2 back-off (minutes per call). A trial
+# must not stall on a tracking server that went away: fail fast (~5 s) and let BatchLogger keep the metrics
+# buffered and retry in the background. Override by setting the variables yourself.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 from ray import tune  # noqa: E402
 
@@ -136,7 +142,8 @@ class BatchLogger:
     report: nothing reported to Tune is ever missing from MLflow).
     """
 
-    def __init__(self, uri: str, run_id: str, flush_seconds: float = 5.0, background: bool = True):
+    def __init__(self, uri: str, run_id: str | None, flush_seconds: float = 5.0, background: bool = True,
+                 on_warning=None, warned: bool = False):
         self.client = _client(uri)
         self.run_id = run_id
         self.flush_seconds = flush_seconds
@@ -147,6 +154,9 @@ class BatchLogger:
         self.sent = 0
         self.flush_time = 0.0
         self.errors: list[str] = []
+        self.degraded = False        # the store is unreachable: metrics stay buffered, retried in the background
+        self.warned = warned         # the outage is reported once per logger (= once per trial)
+        self.on_warning = on_warning or print
         self.background = background
         self._stop = threading.Event()
         if background:  # periodic flushes off the training thread; epoch-end flushes stay synchronous
@@ -155,10 +165,7 @@ class BatchLogger:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_seconds):
-            try:
-                self.flush()
-            except Exception as e:  # noqa: BLE001 - kept in the buffer? no: re-queued below
-                self.errors.append(str(e))
+            self.flush_safe(block=True)  # failures re-queue the metrics (see flush) and are reported once
 
     def close(self) -> None:
         self._stop.set()
@@ -178,9 +185,64 @@ class BatchLogger:
             with self._buf_lock:
                 self._buf.append(Metric(k, v, ts, int(step)))
 
+    def flush_safe(self, block: bool = True) -> bool:
+        """``flush`` that never raises (the tracking store going away must not kill training). On failure
+        the metrics stay in the buffer, ``degraded`` is set and ONE warning is emitted per logger; while
+        degraded, non-blocking calls (the epoch-end flush on the training thread) return at once and the
+        background thread keeps retrying every ``flush_seconds``. Returns True when the buffer was sent."""
+        if self.degraded and not block and self.background:
+            return False
+        try:
+            if self.run_id is None:
+                raise RuntimeError("no MLflow run (the tracking store was unreachable when the trial started)")
+            self.flush()
+        except Exception as e:  # noqa: BLE001 - MlflowException, ConnectionError, ...
+            self.errors.append(f"{type(e).__name__}: {e}"[:500])
+            self.degraded = True
+            if not self.warned:
+                self.warned = True
+                self.on_warning(f"[mlflow] WARNING: tracking store unreachable ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues, "
+                                f"{len(self._buf)} metrics buffered and retried every {self.flush_seconds:g} s")
+            return False
+        if self.degraded:
+            self.degraded = False
+            print(f"[mlflow] tracking store reachable again; buffered metrics sent ({self.sent} in total)")
+        return True
+
+    def close_safe(self, spill_path=None) -> int:
+        """Stop the background thread, send what is buffered; if the store is still unreachable, write the
+        buffer to ``spill_path`` (JSON lines: key, value, timestamp, step) so nothing is lost. Returns the
+        number of metrics spilled."""
+        self._stop.set()
+        if self.flush_safe(block=True) or not self._buf:
+            return 0
+        return self.spill(spill_path)
+
+    def spill(self, spill_path) -> int:
+        """Move the buffer to ``spill_path`` (JSON lines, appended; fsynced). The trainable does this before
+        every ``tune.report`` while the store is unreachable: a trial stopped at that report (ASHA, max_t)
+        never runs another line, and what it had buffered must not die with it."""
+        if spill_path is None or not self._buf:
+            return 0
+        import json
+
+        with self._buf_lock:
+            buf, self._buf = self._buf, []
+
+        Path(spill_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(spill_path, "a") as f:
+            for m in buf:
+                f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value, "timestamp": m.timestamp,
+                                    "step": m.step}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        print(f"[mlflow] {len(buf)} metrics could not be sent; kept in {spill_path}")
+        return len(buf)
+
     def maybe_flush(self) -> None:
         if not self.background and self._buf and time.monotonic() - self._last >= self.flush_seconds:
-            self.flush()
+            self.flush_safe()
 
     def flush(self) -> None:
         with self._lock:
@@ -220,7 +282,7 @@ class MLflowStepCallback:
     def on_epoch_end(self, trainer, metrics):
         self.logger.add(metrics, int(metrics.get("epoch", trainer.epoch)),
                         [k for k in metrics if k != "step"])
-        self.logger.flush()
+        self.logger.flush_safe(block=False)
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:

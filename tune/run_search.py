@@ -406,12 +406,16 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
     run_status = {}
     for r in rows:
         run_status[r["trial_id"]] = "FAILED" if r["status"] == "ERROR" else ("KILLED" if r["stopped_early"] else "FINISHED")
-    n_fixed = _end_leftover_child_runs(uri, exp_id, parent, run_status)
-    if n_fixed:
-        _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
+    mlflow_down = None  # the tracking store going away must not cost the search its result files
+    try:
+        n_fixed = _end_leftover_child_runs(uri, exp_id, parent, run_status)
+        if n_fixed:
+            _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
+    except Exception as e:  # noqa: BLE001
+        mlflow_down = e
     out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["consts"]["base_tree"], log=_log)
     df, agg = out["df"], out["agg"]
-    plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=uri, log=_log)
+    plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=None if mlflow_down else uri, log=_log)
     wall = time.time() - t_start
     _log("")
     print_table(df, space, log=_log, title=f"== {space.name}: {len(df)} trials, ranked by {space.metric} ({space.mode}) "
@@ -430,6 +434,25 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
              f"params {s['best']['params']}")
         _log(f"wrote {stage_dir / 'results.csv'}, {stage_dir / 'configs.csv'}, {stage_dir / 'best_config.yaml'}, "
              f"{stage_dir / 'summary.json'}, plots: {', '.join(p.name for p in plots)}")
+    try:
+        if mlflow_down is not None:
+            raise mlflow_down
+        _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots)
+    except Exception as e:  # noqa: BLE001
+        _log(f"[mlflow] WARNING: tracking store unreachable at the end of the search ({type(e).__name__}: "
+             f"{str(e).splitlines()[0][:200] if str(e) else ''}); the parent run was not updated. Results are in "
+             f"{stage_dir} (results.csv, best_config.yaml, summary.json)")
+    _log(f"[search] done in {wall:.0f} s (tuning {fit_s:.0f} s). MLflow: {uri} (parent run {parent})")
+    return {"interrupted": False, "exp_path": exp_path, "state_dir": state_dir, "df": df, "agg": agg, "summary": out.get("summary"),
+            "wall_s": wall, "exit_code": 0, "parent_run_id": parent, "tracking_uri": uri, "stage_dir": stage_dir,
+            "mlflow_ok": mlflow_down is None}
+
+
+def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots) -> None:
+    from tune.mlflow_utils import end_run
+
+    if "summary" in out:
+        s = out["summary"]
         client.set_tag(parent, "pahcl.best_trial", str(s["best"]["trial_id"]))
         client.set_tag(parent, "pahcl.best_metric", f"{s['best']['metric_value']:.6g}")
         client.set_tag(parent, "pahcl.best_params", json.dumps(s["best"]["params"], default=str)[:5000])
@@ -444,9 +467,6 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
         client.log_artifact(parent, str(p), artifact_path="plots")
     client.set_tag(parent, "pahcl.state", "finished")
     end_run(uri, parent, "FINISHED")
-    _log(f"[search] done in {wall:.0f} s (tuning {fit_s:.0f} s). MLflow: {uri} (parent run {parent})")
-    return {"interrupted": False, "exp_path": exp_path, "state_dir": state_dir, "df": df, "agg": agg, "summary": out.get("summary"),
-            "wall_s": wall, "exit_code": 0, "parent_run_id": parent, "tracking_uri": uri, "stage_dir": stage_dir}
 
 
 def cli(argv=None) -> int:

@@ -55,6 +55,7 @@ def _apply_gpu_cap(fraction: float | None) -> None:
         torch.cuda.set_per_process_memory_fraction(float(fraction))
 
 
+SPILL_NAME = "mlflow_unsent.jsonl"  # metrics MLflow could not take (store down at the end of the trial)
 NONRETRYABLE = "pahcl_nonretryable.json"  # in the trial's storage dir: a deterministic failure, do not retry
 
 
@@ -106,6 +107,29 @@ def restore_latest_good(trainer_factory, ckpt, log) -> tuple[Any, str | None, li
     return trainer, None, skipped
 
 
+def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov) -> str:
+    """The trial's nested child run: created on first start, reused (set RUNNING) on a retry/restore."""
+    from tune.mlflow_utils import PARENT_TAG, find_child_run
+
+    run = find_child_run(client, exp_id, parent, trial_id)
+    if run is None:
+        from mlflow.entities import Param
+
+        run = client.create_run(exp_id, run_name=trial_name, tags={
+            PARENT_TAG: parent, "pahcl.stage": consts["stage"], "pahcl.search_id": consts["search_id"],
+            "pahcl.trial_id": trial_id, "pahcl.trial_name": trial_name, "pahcl.role": "trial",
+            "pahcl.seed_index": str(config.get(SEED_INDEX_KEY, 0)),
+        })
+        flat = {f"cfg.{k}": v for k, v in cfg.flat().items()}
+        flat.update({k: v for k, v in ov.items()})
+        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+    else:
+        client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
 def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     from pahcl.config import build_config
     from pahcl.train import Callback, NonFiniteLossError, StepOutOfMemoryError, Trainer, prepare_data
@@ -142,25 +166,30 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     # MLflow child run: created here (nested under the search's parent run), reused on restore.
     uri, exp_id, parent = consts["tracking_uri"], consts["experiment_id"], consts["parent_run_id"]
     client = _client(uri)
-    run = find_child_run(client, exp_id, parent, trial_id)
-    if run is None:
-        from mlflow.entities import Param
 
-        run = client.create_run(exp_id, run_name=trial_name, tags={
-            PARENT_TAG: parent, "pahcl.stage": consts["stage"], "pahcl.search_id": consts["search_id"],
-            "pahcl.trial_id": trial_id, "pahcl.trial_name": trial_name, "pahcl.role": "trial",
-            "pahcl.seed_index": str(config.get(SEED_INDEX_KEY, 0)),
-        })
-        flat = {f"cfg.{k}": v for k, v in cfg.flat().items()}
-        flat.update({k: v for k, v in ov.items()})
-        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
-        for i in range(0, len(items), 100):
-            client.log_batch(run.info.run_id, params=items[i:i + 100])
-    else:
-        client.update_run(run.info.run_id, status="RUNNING")
-    run_id = run.info.run_id
-    logger = BatchLogger(uri, run_id, flush_seconds=float(consts.get("flush_seconds", 5.0)))
+    def warn(msg: str) -> None:  # the logger calls this once per trial when the store is unreachable
+        print(msg, flush=True)
+        if injector:
+            injector.event("mlflow_warning", message=msg[:300])
+
+    try:
+        run_id = _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov)
+        warned = False
+    except Exception as e:  # noqa: BLE001 - the tracking store is down: train anyway, metrics spilled to a file
+        run_id, warned = None, True
+        warn(f"[mlflow] WARNING: tracking store unreachable at trial start ({type(e).__name__}: "
+             f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues, metrics kept in the trial dir")
+    logger = BatchLogger(uri, run_id, flush_seconds=float(consts.get("flush_seconds", 5.0)), on_warning=warn,
+                         warned=warned)
     step_cb = MLflowStepCallback(logger, cfg.training.log_interval)
+
+    def tag(key: str, value: str) -> None:
+        if run_id is None:
+            return
+        try:
+            client.set_tag(run_id, key, value)
+        except Exception as e:  # noqa: BLE001
+            logger.errors.append(f"set_tag {key}: {e}"[:300])
 
     class _Report(Callback):
         """After validation: flush MLflow, then checkpoint + tune.report (the trial may be stopped there)."""
@@ -171,6 +200,10 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             out = {k: float(v) for k, v in metrics.items()}
             out["epoch"] = int(trainer.epoch)
             out["mlflow_run_id"] = run_id
+            if logger.degraded and trial_dir is not None:  # store down: make the buffer durable before report
+                n = logger.spill(trial_dir / SPILL_NAME)
+                if injector and n:
+                    injector.event("mlflow_spilled", metrics=n)
             if injector:  # the last report of a trial stopped there (ASHA, max_t) never returns
                 injector.event("report", epoch=int(trainer.epoch), step=int(trainer.global_step),
                                oom_retries=int(trainer.oom_retries))
@@ -189,9 +222,9 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     ckpt = tune.get_checkpoint()
     trainer, used, skipped = restore_latest_good(make_trainer, ckpt, print)
     if ckpt is not None:
-        client.set_tag(run_id, "pahcl.resumed_from_epoch", str(trainer.epoch))
+        tag("pahcl.resumed_from_epoch", str(trainer.epoch))
         if skipped:
-            client.set_tag(run_id, "pahcl.resume_fallback",
+            tag("pahcl.resume_fallback",
                            (f"resumed from {Path(used).name}" if used else "restarted from scratch")
                            + f"; refused: {' | '.join(skipped)}"[:4900])
     if injector:
@@ -207,12 +240,18 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             injector.event("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
         if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError)) and nonretry is not None:
             nonretry.write_text(json.dumps({"reason": reason, "step": trainer.global_step}))
-        try:  # the reason on the child run; the driver's EndChildRunsCallback marks it FAILED when Ray gives up
-            logger.flush()
-            client.set_tag(run_id, "pahcl.error", reason[:4900])
-            client.set_terminated(run_id, status="FAILED")
-        except Exception as me:  # noqa: BLE001 - MLflow down: the error still reaches Ray
-            print(f"[mlflow] could not record the failure of trial {trial_id}: {me}")
+        spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
+        if run_id is not None and not logger.degraded:  # the reason on the child run (FAILED)
+            try:
+                client.set_tag(run_id, "pahcl.error", reason[:4900])
+                client.set_terminated(run_id, status="FAILED")
+            except Exception as me:  # noqa: BLE001 - MLflow down: the error still reaches Ray
+                print(f"[mlflow] could not record the failure of trial {trial_id}: {me}")
+        if injector and spilled:
+            injector.event("mlflow_spilled", metrics=spilled)
         raise
-    logger.flush()
-    client.set_tag(run_id, "pahcl.train_seconds", f"{time.perf_counter() - t0:.1f}")
+    spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
+    if injector and spilled:
+        injector.event("mlflow_spilled", metrics=spilled)
+    if not logger.degraded:
+        tag("pahcl.train_seconds", f"{time.perf_counter() - t0:.1f}")
