@@ -63,10 +63,11 @@ class StepClock:
 
     def __init__(self, path: str | None = None):
         self.path = path
-        self.rows: list[list[float]] = []  # [epoch, step, t, loss]
+        self.rows: list[list[float]] = []  # [epoch, step, t, loss, thread CPU s, process CPU s]
 
     def on_step_end(self, trainer, metrics):
-        self.rows.append([float(metrics["epoch"]), float(metrics["step"]), time.perf_counter(), float(metrics["loss"])])
+        self.rows.append([float(metrics["epoch"]), float(metrics["step"]), time.perf_counter(), float(metrics["loss"]),
+                          time.thread_time(), time.process_time()])
 
     def on_epoch_end(self, trainer, metrics):
         if self.path:
@@ -74,7 +75,7 @@ class StepClock:
                                                    "threads": __import__("torch").get_num_threads()}))
 
 
-def instrumented_trainable(config, consts):
+def instrumented_trainable(config, consts, **kw):
     """The service's ``tune.trainable.train_pahcl``, with a StepClock inserted after its MLflow step callback."""
     import pahcl.train as pt
     from tune import trainable as T
@@ -89,7 +90,7 @@ def instrumented_trainable(config, consts):
 
     pt.Trainer.__init__ = init
     try:
-        return T.train_pahcl(config, consts)
+        return T.train_pahcl(config, consts, **kw)  # kw: whatever run_search passes (e.g. faults)
     finally:
         pt.Trainer.__init__ = orig_init
 
@@ -146,20 +147,25 @@ def worker_ray(spec: dict) -> dict:
 
 
 def analyse(rows: list[list[float]]) -> dict:
-    by_epoch: dict[int, list[float]] = {}
-    for e, _s, t, _l in rows:
-        by_epoch.setdefault(int(e), []).append(t)
-    inner, boundary = [], []
+    by_epoch: dict[int, list[list[float]]] = {}
+    for r in rows:
+        by_epoch.setdefault(int(r[0]), []).append(r)
+    inner, boundary, thread_cpu, proc_cpu = [], [], [], []
     eps = sorted(by_epoch)
     for e in eps:
-        ts = by_epoch[e]
-        inner += [b - a for a, b in zip(ts, ts[1:])]
+        rs = by_epoch[e]
+        inner += [b[2] - a[2] for a, b in zip(rs, rs[1:])]
+        thread_cpu += [b[4] - a[4] for a, b in zip(rs, rs[1:])]
+        proc_cpu += [b[5] - a[5] for a, b in zip(rs, rs[1:])]
+    by_epoch = {e: [r[2] for r in rs] for e, rs in by_epoch.items()}
     med = sorted(inner)[len(inner) // 2] if inner else 0.0
     for e0, e1 in zip(eps, eps[1:]):
         boundary.append(by_epoch[e1][0] - by_epoch[e0][-1] - med)  # validation (+ report) beyond one step
     return {"steps": len(rows), "timed_intervals": len(inner), "step_s_mean": sum(inner) / max(len(inner), 1),
             "step_s_median": med, "steps_s_total": sum(inner), "epoch_boundary_s": boundary,
-            "train_wall_s": rows[-1][2] - rows[0][2] if rows else 0.0, "losses": [r[3] for r in rows]}
+            "train_wall_s": rows[-1][2] - rows[0][2] if rows else 0.0, "losses": [r[3] for r in rows],
+            "thread_cpu_ms_mean": 1000 * sum(thread_cpu) / max(len(thread_cpu), 1),
+            "process_cpu_ms_mean": 1000 * sum(proc_cpu) / max(len(proc_cpu), 1)}
 
 
 def run_one(kind: str, spec: dict, timeout: float) -> dict:
@@ -221,7 +227,8 @@ def main(argv=None) -> int:
         r = run_one(kind, spec, a.timeout)
         r["warmup"] = a.warmup_pair and i < 2
         runs.append(r)
-        print(f"[{kind:4s}] step {r['step_s_mean'] * 1000:7.1f} ms (median {r['step_s_median'] * 1000:.1f}), "
+        print(f"[{kind:4s}] step {r['step_s_mean'] * 1000:7.1f} ms (median {r['step_s_median'] * 1000:.1f}, "
+              f"thread CPU {r['thread_cpu_ms_mean']:.1f}, process CPU {r['process_cpu_ms_mean']:.1f}), "
               f"{r['timed_intervals']} intervals, e2e {r['e2e_wall_s']:.1f} s, load {os.getloadavg()[0]:.2f}",
               file=sys.stderr, flush=True)
     timed = [r for r in runs if not r["warmup"]]
@@ -231,6 +238,8 @@ def main(argv=None) -> int:
     ratio_step = [y["step_s_mean"] / x["step_s_mean"] for x, y in pairs]
     ratio_med = [y["step_s_median"] / x["step_s_median"] for x, y in pairs]
     ratio_e2e = [y["e2e_wall_s"] / x["e2e_wall_s"] for x, y in pairs]
+    ratio_tcpu = [y["thread_cpu_ms_mean"] / x["thread_cpu_ms_mean"] for x, y in pairs]
+    ratio_pcpu = [y["process_cpu_ms_mean"] / x["process_cpu_ms_mean"] for x, y in pairs]
     loss_diff = max((max(abs(u - v) for u, v in zip(x["losses"], y["losses"])) for x, y in pairs), default=None)
     same_steps = all(len(x["losses"]) == len(y["losses"]) for x, y in pairs)
     summary = {
@@ -242,6 +251,10 @@ def main(argv=None) -> int:
         "ray_boundary_s": spread([b for r in ray for b in r["epoch_boundary_s"]]),
         "bare_train_wall_s": spread([r["train_wall_s"] for r in bare]),
         "ray_train_wall_s": spread([r["train_wall_s"] for r in ray]),
+        "bare_thread_cpu_ms": spread([r["thread_cpu_ms_mean"] for r in bare]),
+        "ray_thread_cpu_ms": spread([r["thread_cpu_ms_mean"] for r in ray]),
+        "bare_process_cpu_ms": spread([r["process_cpu_ms_mean"] for r in bare]),
+        "ray_process_cpu_ms": spread([r["process_cpu_ms_mean"] for r in ray]),
         "max_abs_loss_diff": loss_diff, "same_number_of_steps": same_steps,
         "optimizer_steps_per_run": bare[0]["steps"] if bare else 0,
     }
@@ -263,6 +276,10 @@ def markdown(s: dict, a) -> str:
         ["optimizer step (mean of within-epoch intervals), ms", fmt_spread(s["bare_step_ms"], 1),
          fmt_spread(s["ray_step_ms"], 1), f"**{fmt_spread(s['ratio_step_mean'])}**"],
         ["optimizer step (median interval), ratio", "", "", fmt_spread(s["ratio_step_median"])],
+        ["CPU time of the training thread per step, ms", fmt_spread(s["bare_thread_cpu_ms"], 1),
+         fmt_spread(s["ray_thread_cpu_ms"], 1), fmt_spread(s["ratio_thread_cpu"])],
+        ["CPU time of the whole trial process per step (all its threads), ms", fmt_spread(s["bare_process_cpu_ms"], 1),
+         fmt_spread(s["ray_process_cpu_ms"], 1), fmt_spread(s["ratio_process_cpu"])],
         ["epoch boundary beyond one step (validation; trial: + flush, checkpoint, report), s",
          fmt_spread(s["bare_boundary_s"], 2), fmt_spread(s["ray_boundary_s"], 2), ""],
         ["training wall (first to last step), s", fmt_spread(s["bare_train_wall_s"], 1),
