@@ -3,6 +3,8 @@
     python bench/search_efficiency.py --out bench/results/search_efficiency.json          # ~15-25 min on 2 cores
     python bench/search_efficiency.py --seeds 0 1 2 3 --num-samples 10 --out /tmp/se.json
     python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json                 # ~1-2 min
+    # only the training-seed noise check, added to a saved result (~3-5 min):
+    python bench/search_efficiency.py --noise-from bench/results/search_efficiency.json
 
 Space (moco_stage2's synthetic_cpu budget: tiny preset, synthetic:40, batch 8 x 2, queue 256,
 ``max_steps_per_epoch`` 6, 2 trials at a time, 1 CPU each), made discrete so a full grid is feasible:
@@ -22,6 +24,9 @@ trial) and deterministic on CPU, so the grid's value of a configuration is that 
 full-budget result; (b)'s choice is also looked up in the grid. Reported per search: trials,
 trial-epochs (sum of epochs run), wall (``main``) and tuning wall (``Tuner.fit``), the best
 ``val/knn_acc`` at a trial's last epoch, the selected configuration and its full-budget value.
+Then (``--noise-seeds``) the grid's best configuration and every configuration (b) selected are
+trained again with the bare Trainer under training seeds 42 (the searches' seed: a reproduction
+check of the Ray result) and 43-45, to show how large a 1-point difference is against seed noise.
 """
 from __future__ import annotations
 
@@ -161,6 +166,81 @@ def worker(spec: dict) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- training-seed noise
+
+
+def noise_worker(spec: dict) -> list[dict]:
+    """Train (config, seed) pairs with the bare Trainer exactly as the trainable would (split with the base seed)."""
+    import dataclasses
+    import types
+
+    import torch
+    import yaml
+
+    torch.set_num_threads(1)
+    from pahcl.config import build_config
+    from pahcl.train import Trainer, prepare_data
+    from tune.spaces import load_space
+
+    a = types.SimpleNamespace(**spec["args"])
+    sf = Path(spec["tmp"]) / f"noise-{os.getpid()}.yaml"
+    sf.write_text(yaml.safe_dump(space_dict(a, 1, 0), sort_keys=False))
+    sp = load_space(sf, results_root=spec["tmp"], log=lambda m: None)
+    tree = sp.base_tree()
+    base_seed = int(tree.get("seed", 42))
+    out = []
+    for (lr, warm, mom), seed in spec["jobs"]:
+        ov = sp.trial_overrides({"training.learning_rate": lr, "training.warmup_epochs": warm, "model.moco_momentum": mom})
+        ov["seed"] = seed
+        cfg = build_config(tree, ov)
+        train, val = prepare_data(dataclasses.replace(cfg, seed=base_seed), a.data, cache_dir=spec["cache"],
+                                  log=lambda m: None)
+        m = Trainer(cfg, train, val, log=lambda m: None).fit()
+        out.append({"config": [lr, warm, mom], "seed": seed, "val/knn_acc": float(m["val/knn_acc"]),
+                    "val_cycles": len(val)})
+        print(f"[noise] {lr, warm, mom} seed {seed}: {m['val/knn_acc']:.3f}", file=sys.stderr, flush=True)
+    return out
+
+
+def run_noise(saved: dict, seeds: list[int], tmp: Path, cache: Path) -> dict:
+    """Training-seed spread of the grid's best configuration and of every configuration (b) selected."""
+    s = saved["summary"]
+    cfgs = [tuple(s["grid"]["best_config"])] + [tuple(r["selected"]) for r in s["tpe"]]
+    cfgs = list(dict.fromkeys(cfgs))  # (lr, warmup, momentum)
+    jobs = [[list(c), sd] for c in cfgs for sd in seeds]
+    halves = [jobs[0::2], jobs[1::2]]  # two processes: one per core
+    procs = [subprocess.Popen([sys.executable, __file__, "--noise-worker", json.dumps(
+        {"tmp": str(tmp), "cache": str(cache), "args": saved["args"], "jobs": h})], cwd=REPO,
+        stdout=subprocess.PIPE, text=True) for h in halves if h]
+    rows = []
+    for p in procs:
+        out, _ = p.communicate()
+        line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"noise worker failed (rc {p.returncode})")
+        rows += json.loads(line[7:])
+    truth = {_key({"training.learning_rate": t["params"]["training.learning_rate"],
+                   "training.warmup_epochs": t["params"]["training.warmup_epochs"],
+                   "model.moco_momentum": t["params"]["model.moco_momentum"]}): t["metric"]
+             for t in saved["raw"]["grid"]["trials"]}
+    per = []
+    for c in cfgs:
+        vals = [r["val/knn_acc"] for r in rows if tuple(r["config"]) == c]
+        per.append({"config": list(c), "grid_value": truth.get((float(c[0]), int(c[1]), float(c[2]))),
+                    "seeds": seeds, "values": vals, **{k: v for k, v in spread(vals).items() if k in ("mean", "std", "min", "max")}})
+    return {"seeds": seeds, "configs": per, "val_cycles": rows[0]["val_cycles"] if rows else None, "runs": rows}
+
+
+def noise_markdown(n: dict) -> str:
+    rows = []
+    for c in n["configs"]:
+        rows.append([", ".join(str(v) for v in c["config"]), "—" if c["grid_value"] is None else f"{c['grid_value']:.3f}",
+                     ", ".join(f"{v:.3f}" for v in c["values"]), f"{c['mean']:.3f} ± {c['std']:.3f}"])
+    return (md_table(["config (lr, warmup, momentum)", "grid value (seed 42, in Ray)",
+                      f"bare Trainer, training seeds {', '.join(map(str, n['seeds']))}", "mean ± std"], rows)
+            + f"\n\nValidation set: {n['val_cycles']} cycles (one cycle = {100 / max(n['val_cycles'] or 1, 1):.2f} points).")
+
+
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -252,11 +332,37 @@ def main(argv=None) -> int:
     ap.add_argument("--momentum", type=float, nargs="+", default=MOMENTUM)
     ap.add_argument("--timeout", type=float, default=3000)
     ap.add_argument("--smoke-test", action="store_true", help="2-config grid, 1 TPE seed of 2 samples, 2 epochs x 2 steps")
+    ap.add_argument("--noise-seeds", type=int, nargs="*", default=[42, 43, 44, 45],
+                    help="training seeds for the noise check of the grid best and (b)'s picks (bare Trainer; "
+                         "42 = the searches' seed, a reproduction check); none: skip")
+    ap.add_argument("--noise-from", default=None, help="only run the noise check on this saved JSON and add it")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--noise-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         print("RESULT " + json.dumps(worker(json.loads(a.worker)), default=str), flush=True)
+        return 0
+    if a.noise_worker:
+        print("RESULT " + json.dumps(noise_worker(json.loads(a.noise_worker))), flush=True)
+        return 0
+    if a.noise_from:
+        saved = json.loads(Path(a.noise_from).read_text())
+        tmp = Path(tempfile.mkdtemp(prefix="pahcl_search_noise_"))
+        from pahcl.config import load_config
+        from pahcl.train import prepare_data
+
+        prepare_data(load_config(None, preset="tiny"), saved["args"]["data"], cache_dir=tmp / "cache", log=lambda m: None)
+        t0 = time.perf_counter()
+        saved["noise"] = run_noise(saved, a.noise_seeds, tmp, tmp / "cache")
+        saved["noise"].update(command=command(argv), seconds=time.perf_counter() - t0, date=machine()["date"],
+                              loadavg_end=[round(v, 2) for v in os.getloadavg()])
+        text = noise_markdown(saved["noise"])
+        print(text)
+        write_json(a.out or a.noise_from, saved)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
         return 0
     if a.smoke_test:
         a.seeds, a.num_samples, a.epochs, a.steps, a.grace, a.rf = [0], 2, 2, 2, 1, 2
@@ -272,7 +378,7 @@ def main(argv=None) -> int:
     from pahcl.train import prepare_data
 
     prepare_data(load_config(None, preset="tiny"), a.data, cache_dir=cache, log=lambda m: None)  # fill the cache once
-    args = {k: v for k, v in vars(a).items() if k not in ("out", "worker")}
+    args = {k: v for k, v in vars(a).items() if k not in ("out", "worker", "noise_worker", "noise_from")}
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, __file__, "--worker", json.dumps({"tmp": str(tmp), "cache": str(cache),
                                                                           "args": args})],
@@ -286,10 +392,15 @@ def main(argv=None) -> int:
     s = analyse(raw, a.epochs)
     table = markdown(s, a)
     print(table)
+    saved = {"bench": "search_efficiency", "command": command(argv), "machine": m0, "args": args,
+             "space": space_dict(a, a.num_samples, 0), "total_s": total, "summary": s, "raw": raw, "markdown": table}
+    if a.noise_seeds and not a.smoke_test:
+        t1 = time.perf_counter()
+        saved["noise"] = run_noise(saved, a.noise_seeds, tmp, cache)
+        saved["noise"].update(command=command(argv), seconds=time.perf_counter() - t1)
+        print("\n" + noise_markdown(saved["noise"]))
     m0["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    write_json(a.out, {"bench": "search_efficiency", "command": command(argv), "machine": m0, "args": args,
-                       "space": space_dict(a, a.num_samples, 0), "total_s": total, "summary": s, "raw": raw,
-                       "markdown": table})
+    write_json(a.out, saved)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
