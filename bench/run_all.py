@@ -265,6 +265,15 @@ def sec_mamba(j: dict | None) -> str:
         if ra.get("status") == "ok" and rb.get("status") == "ok":
             txt += (f"\n{a.split()[0]}: fused vs naive fwd+bwd {ra['step_s']:.2f} s vs {rb['step_s']:.2f} s "
                     f"({rb['step_s'] / ra['step_s']:.2f}x), peak RSS {ra['peak_rss_gb']:.2f} vs {rb['peak_rss_gb']:.2f} GB.")
+    full = j.get("_full")
+    if full and full["meta"].get("total_s") != m.get("total_s"):
+        fm = full["meta"]
+        fl = fm.get("loadavg") or [0, 0, 0]
+        txt += ("\n\nThe complete configuration set (incl. the checkpoint scan and the full size at batch 64), from an "
+                "earlier run of the same script on this machine (`bench/results/mamba_backends_full.json`; "
+                f"{fm.get('total_s', 0) / 60:.1f} min, load average at its end {fl[0]:.2f}/{fl[1]:.2f}/{fl[2]:.2f}, "
+                "i.e. a heavily loaded machine: compare its rows with each other, not with the table above):\n\n"
+                + _cmd(fm["command"]) + "\n\n" + _md(full["markdown"]))
     txt += ("\n\nCUDA rows (`mamba_ssm` kernels vs the torch scan, fp32 vs bf16 autocast) are produced by the same "
             "command on a CUDA machine; **not run: no GPU was lent to this task.**\n")
     return txt
@@ -339,6 +348,8 @@ def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
                                   "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput")}
     if J["concurrency"]:
         J["concurrency"]["_dir"] = str(d)
+    if J["mamba_backends"]:
+        J["mamba_backends"]["_full"] = _load(d, "mamba_backends_full")
     for n in ("mamba_backends", "segmentation_f1"):  # these two record no date: the file's time
         if J[n]:
             J[n]["_date"] = _mtime(d, n)
