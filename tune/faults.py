@@ -27,6 +27,8 @@ of epoch e+1, after epoch e was reported and checkpointed):
             Trainer's own finite check raises ``NonFiniteLossError`` naming the step.
 ``oom``     raise ``torch.OutOfMemoryError`` in the forward pass (``real: true`` and CUDA: allocate
             an impossible tensor so the CUDA caching allocator raises it for real).
+``stall``   sleep ``seconds`` in the forward pass (a slow/hung step: keeps a trial unfinished, e.g. while
+            the test kills the driver).
 
 Firing is bounded by ``marker`` + ``times`` (default 1): the marker file is a counter (one byte per
 firing, updated under ``flock``), so a retried or resumed trial does not fire an exhausted fault again
@@ -44,8 +46,8 @@ from typing import Any
 
 ENV = "PAHCL_FAULTS"
 LOG_ENV = "PAHCL_FAULTS_LOG"
-KINDS = ("crash", "nan", "oom")
-_KEYS = {"kind", "at_step", "at_epoch", "marker", "times", "corrupt_checkpoint", "payload_marker", "real"}
+KINDS = ("crash", "nan", "oom", "stall")
+_KEYS = {"kind", "at_step", "at_epoch", "marker", "times", "corrupt_checkpoint", "payload_marker", "real", "seconds"}
 
 
 class InjectedCrash(RuntimeError):
@@ -207,6 +209,9 @@ class FaultInjector:
                                                   payload_marker=f.get("payload_marker"))
                 self.event("fault", kind="crash", step=tr.global_step, epoch=tr.epoch, damaged=damaged)
                 raise InjectedCrash(f"injected crash at step {tr.global_step} (epoch {tr.epoch} completed)")
+            if f["kind"] == "stall" and self._due(f, tr) and _claim(f):
+                self.event("fault", kind="stall", step=tr.global_step, epoch=tr.epoch)
+                time.sleep(float(f.get("seconds", 60)))
             if f["kind"] == "oom" and self._due(f, tr) and _claim(f):
                 self.event("fault", kind="oom", step=tr.global_step, epoch=tr.epoch)
                 import torch

@@ -68,7 +68,9 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     results = tmp_path / "results"
     space = space_file(num_samples=4, max_epochs=MAX_EPOCHS,
                        scheduler={"type": "asha", "grace_period": MAX_EPOCHS, "reduction_factor": 2})
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PAHCL_FAULTS="[]", PAHCL_FAULTS_LOG=str(log),
+    # the first trial to finish an epoch stalls (once, marker) so that it is surely unfinished at the kill
+    stall = [{"kind": "stall", "at_epoch": 1, "seconds": 240, "marker": str(tmp_path / "stall")}]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PAHCL_FAULTS=json.dumps(stall), PAHCL_FAULTS_LOG=str(log),
                MLFLOW_DISABLE_TELEMETRY="true")
     t0 = time.time()
     drv = subprocess.Popen([sys.executable, str(REPO_ROOT / "tune" / "run_search.py"), "--space", str(space),
@@ -114,7 +116,7 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     assert "changed since" in out.stderr and "--resume" in out.stderr
     space.write_text(original)
 
-    monkeypatch.setenv("PAHCL_FAULTS", "[]")
+    monkeypatch.setenv("PAHCL_FAULTS", json.dumps(stall))  # exhausted (marker): nothing fires again
     monkeypatch.setenv("PAHCL_FAULTS_LOG", str(log))
     res = main(["--space", str(space), "--results-dir", str(results), "--resume"])
     assert res["exit_code"] == 0 and not res["interrupted"]
@@ -132,6 +134,9 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     assert all_ids == set(df["trial_id"])
     resumed = {e["trial_id"]: e["resumed_from_epoch"] for e in after if e["event"] == "trial_start"}
     assert set(resumed) == set(df["trial_id"]) - finished
+    stalled = next(e["trial_id"] for e in ev if e["event"] == "fault" and e["kind"] == "stall")
+    assert stalled not in finished and resumed[stalled] == 1  # continued from its epoch-1 checkpoint
+    assert [e["epoch"] for e in ev if e["trial_id"] == stalled and e["event"] == "report"] == [1, 2]
     # MLflow: one child run per trial (a resumed trial logs to its existing run), none left RUNNING
     client = MlflowClient(res["tracking_uri"])
     exp = client.get_experiment_by_name("pahcl-search")
