@@ -11,6 +11,14 @@ Per epoch: per-step metrics buffered to MLflow, epoch metrics logged, buffer flu
 ``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))``. On restart the trial resumes
 from ``tune.get_checkpoint()`` with ``Trainer.load_checkpoint`` (epoch and step counters continue)
 and keeps logging to the same child run.
+
+Reliability (docs/reliability.md): a corrupt/truncated/refused newest checkpoint falls back to the trial's
+older ``checkpoint_*`` dirs, else a clean restart (``restore_latest_good``, tag ``pahcl.resume_fallback``);
+a failure is recorded on the child run (tag ``pahcl.error``, FAILED); NaN loss and OOM after the step
+retries are marked non-retryable (``pahcl_nonretryable.json``) so Ray's retries fail at once; an
+unreachable MLflow store never stops training (one warning per trial, metrics buffered, spilled to
+``mlflow_unsent.jsonl`` in the trial dir before each report while it is down). ``faults`` (test-only,
+``tune/faults.py``) injects crashes / NaN / OOM / stalls inside the loop.
 """
 from __future__ import annotations
 
@@ -224,9 +232,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     if ckpt is not None:
         tag("pahcl.resumed_from_epoch", str(trainer.epoch))
         if skipped:
-            tag("pahcl.resume_fallback",
-                           (f"resumed from {Path(used).name}" if used else "restarted from scratch")
-                           + f"; refused: {' | '.join(skipped)}"[:4900])
+            tag("pahcl.resume_fallback", (f"resumed from {Path(used).name}" if used else "restarted from scratch")
+                + f"; refused: {' | '.join(skipped)}"[:4900])
     if injector:
         injector.event("trial_start", resumed_from_epoch=trainer.epoch if ckpt is not None else None,
                        checkpoint=Path(used).name if used else None, skipped=len(skipped))
