@@ -244,6 +244,7 @@ def main(argv=None) -> int:
     same_steps = all(len(x["losses"]) == len(y["losses"]) for x, y in pairs)
     summary = {
         "ratio_step_mean": spread(ratio_step), "ratio_step_median": spread(ratio_med), "ratio_e2e": spread(ratio_e2e),
+        "ratio_thread_cpu": spread(ratio_tcpu), "ratio_process_cpu": spread(ratio_pcpu),
         "bare_step_ms": spread([r["step_s_mean"] * 1000 for r in bare]),
         "ray_step_ms": spread([r["step_s_mean"] * 1000 for r in ray]),
         "bare_e2e_s": spread([r["e2e_wall_s"] for r in bare]), "ray_e2e_s": spread([r["e2e_wall_s"] for r in ray]),
@@ -258,6 +259,7 @@ def main(argv=None) -> int:
         "max_abs_loss_diff": loss_diff, "same_number_of_steps": same_steps,
         "optimizer_steps_per_run": bare[0]["steps"] if bare else 0,
     }
+    write_json(a.out, {"bench": "harness_overhead", "partial": True, "summary": summary, "runs": runs})  # safety copy
     table = markdown(summary, a)
     print(table)
     for r in runs:
