@@ -292,7 +292,8 @@ def sec_data(j: dict | None) -> str:
             "`Trainer._loader` with the small (CPU) preset's settings. Step = the small preset's optimizer step "
             "on pre-loaded batches.\n\n" + _md(j["markdown"]) + "\n\n"
             f"**The loader delivers {ld['cycles_per_s']:.0f} cycles/s in the training process, the small-preset step "
-            f"consumes {st['cycles_per_s']:.1f} cycles/s: loading is {100 * share:.2f} % of a serial step, so the "
+            f"consumes {st['cycles_per_s']:.1f} cycles/s (with {st.get('torch_threads', '?')} torch thread(s), the faster "
+            f"setting here): loading is {100 * share:.2f} % of a serial step, so the "
             "loader is not the bottleneck** (no workers needed on CPU; the step is dominated by the encoder, see "
             "section 4). Preprocessing runs once per data set and is cached (`<cache>/cycles-<key>/`).\n")
 
