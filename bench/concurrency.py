@@ -150,28 +150,44 @@ def cpu_part(a, tmp: Path) -> list[dict]:
         prepare_data(load_config(None, preset=preset, overrides=over), a.data, cache_dir=tmp / "cache", log=lambda m: None)
         base = {"preset": preset, "overrides": over, "device": "cpu", "data": a.data, "cache": str(tmp / "cache"),
                 "warmup": a.warmup}
-        for n, threads in a.layouts:
-            r = run_layout(n, threads, base, a.seconds, tmp, f"{preset}-{n}x{threads}")
-            r["preset"] = preset
-            rows.append(r)
+        for rnd in range(a.rounds):  # layouts interleaved, so slow drifts of the machine's load hit all of them
+            for n, threads in a.layouts:
+                r = run_layout(n, threads, base, a.seconds, tmp, f"{preset}-{n}x{threads}-{rnd}")
+                r.update(preset=preset, round=rnd)
+                rows.append(r)
             print(f"[{preset} {n} trial(s) x {threads} thread(s)] {r['aggregate_cycles_per_s']:.1f} cycles/s "
                   f"(steps {r['steps']}, load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     return rows
 
 
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (preset, trials, threads): median aggregate cycles/s over the rounds."""
+    import statistics
+
+    out = []
+    for key in dict.fromkeys((r["preset"], r["trials"], r["threads_per_trial"]) for r in rows):
+        rs = [r for r in rows if (r["preset"], r["trials"], r["threads_per_trial"]) == key]
+        out.append({"preset": key[0], "trials": key[1], "threads_per_trial": key[2], "rounds": rs,
+                    "aggregate_cycles_per_s": statistics.median(r["aggregate_cycles_per_s"] for r in rs)})
+    return out
+
+
 def cpu_markdown(rows: list[dict], seconds: float) -> str:
     out = []
-    for preset in dict.fromkeys(r["preset"] for r in rows):
-        rs = [r for r in rows if r["preset"] == preset]
+    summ = summarise(rows)
+    for preset in dict.fromkeys(r["preset"] for r in summ):
+        rs = [r for r in summ if r["preset"] == preset]
         base = next((r for r in rs if r["trials"] == 1 and r["threads_per_trial"] == 1), rs[0])
         for r in rs:
-            per = ", ".join(f"{t['cycles_per_s']:.1f}" for t in r["per_trial"])
+            per = "; ".join(", ".join(f"{t['cycles_per_s']:.1f}" for t in x["per_trial"]) for x in r["rounds"])
             out.append([preset, f"{r['trials']} x {r['threads_per_trial']} thread(s)", per,
+                        " / ".join(f"{x['aggregate_cycles_per_s']:.1f}" for x in r["rounds"]),
                         f"**{r['aggregate_cycles_per_s']:.1f}**",
                         f"{r['aggregate_cycles_per_s'] / base['aggregate_cycles_per_s']:.2f}",
-                        f"{r['per_trial'][0]['cycles_per_step']}", " / ".join(str(s) for s in r["steps"])])
-    head = ["preset", "trials x threads", "cycles/s per trial", "aggregate cycles/s", "vs 1 x 1", "cycles per step",
-            f"steps in {seconds:.0f} s"]
+                        f"{r['rounds'][0]['per_trial'][0]['cycles_per_step']}",
+                        "; ".join(" / ".join(str(s) for s in x["steps"]) for x in r["rounds"])])
+    head = ["preset", "trials x threads", "cycles/s per trial (each round)", "aggregate per round",
+            "aggregate cycles/s (median)", "vs 1 x 1", "cycles per step", f"steps in {seconds:.0f} s (each round)"]
     return md_table(head, out)
 
 
@@ -257,7 +273,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny"], help="tiny = the CPU search budget; small steps take tens of s")
     ap.add_argument("--data", default="synthetic")
-    ap.add_argument("--seconds", type=float, default=20.0, help="measurement window per layout")
+    ap.add_argument("--seconds", type=float, default=15.0, help="measurement window per layout")
+    ap.add_argument("--rounds", type=int, default=2, help="repeats of the interleaved layouts (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the barrier")
     ap.add_argument("--gpu", action="store_true", help="run the GPU part (default: when CUDA is present)")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU part")
@@ -274,7 +291,7 @@ def main(argv=None) -> int:
         return 0
     a.layouts = [(1, 1), (1, 2), (2, 1)]
     if a.smoke_test:
-        a.presets, a.data, a.seconds, a.warmup = ["tiny"], "synthetic:8", 2.0, 1
+        a.presets, a.data, a.seconds, a.warmup, a.rounds = ["tiny"], "synthetic:8", 2.0, 1, 1
 
     import torch
 
@@ -290,7 +307,7 @@ def main(argv=None) -> int:
     m0["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     args = {k: v for k, v in vars(a).items() if k not in ("worker",)}
     write_json(a.out, {"bench": "concurrency", "command": command(argv), "machine": m0, "args": args,
-                       "cpu": cpu_rows, "gpu": gpu, "markdown": text, "cpu_markdown": cpu_markdown(cpu_rows, a.seconds)
+                       "cpu": summarise(cpu_rows) if cpu_rows else [], "cpu_runs": cpu_rows, "gpu": gpu, "markdown": text, "cpu_markdown": cpu_markdown(cpu_rows, a.seconds)
                        if cpu_rows else "", "gpu_markdown": gpu_markdown(gpu)})
     import shutil
 

@@ -229,6 +229,13 @@ def sec_concurrency(j: dict | None) -> str:
         if one and two:
             txt += (f"**{preset}: 2 concurrent 1-thread trials give {two / one:.2f}x the aggregate throughput of one "
                     f"1-thread trial**" + (f" and {two / thr:.2f}x that of one 2-thread trial" if thr else "") + ".\n")
+        if one and thr and thr < one:
+            la = (j.get("machine") or {}).get("loadavg") or [0]
+            txt += (f"\nOne process with 2 torch threads ran at {thr / one:.2f}x the speed of one with 1 thread (load "
+                    f"{la[0]:.1f} at the start of this bench): an OpenMP team of 2 on a 2-core machine shared with other "
+                    "processes waits at every parallel region for its descheduled thread. The CPU search already runs "
+                    "1 thread per trial (`cpus_per_trial: 1`); a CPU `pahcl.pretrain` run uses torch's default (one "
+                    "thread per core) and is exposed to this when the machine is shared (see also section 5).\n")
     txt += ("\n### GPU: peak memory per configuration, `auto` packing, packed vs alone\n\n"
             "Code path: `python bench/concurrency.py --gpu --no-cpu --out bench/results/concurrency_gpu.json` "
             "(runs by default when CUDA is present). Per stage space (full preset): one training step of every "
