@@ -443,6 +443,9 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the parent run was not updated. Results are in "
              f"{stage_dir} (results.csv, best_config.yaml, summary.json)")
     _log(f"[search] done in {wall:.0f} s (tuning {fit_s:.0f} s). MLflow: {uri} (parent run {parent})")
+    if uri.startswith("sqlite:"):
+        _log(f"[search] compare trials: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri}"
+             "   (then open http://127.0.0.1:5000)")
     return {"interrupted": False, "exp_path": exp_path, "state_dir": state_dir, "df": df, "agg": agg, "summary": out.get("summary"),
             "wall_s": wall, "exit_code": 0, "parent_run_id": parent, "tracking_uri": uri, "stage_dir": stage_dir,
             "mlflow_ok": mlflow_down is None}
