@@ -126,6 +126,72 @@ def worker_bare(spec: dict) -> dict:
     return {"rows": clock.rows, "threads": torch.get_num_threads()}
 
 
+def _proc_cpu_tree(root: int) -> dict[int, tuple[str, float]]:
+    """{pid: (name, user+system CPU seconds)} of ``root`` and all its descendants (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    info, children = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        f = raw[raw.rindex(")") + 2:].split()
+        pid, ppid = int(d), int(f[1])
+        info[pid] = (name, (int(f[11]) + int(f[12])) / tick)
+        children.setdefault(ppid, []).append(pid)
+    out, stack = {}, [root]
+    while stack:
+        p = stack.pop()
+        if p in info:
+            out[p] = info[p]
+        stack += children.get(p, [])
+    return out
+
+
+class CpuSampler:
+    """Samples the CPU time of this process tree (driver, Ray's processes, the trial worker) every second; its own
+    CPU (reading /proc, in the driver process) is subtracted from the driver's."""
+
+    def __init__(self, period: float = 1.0):
+        import threading
+
+        self.samples: list[tuple[float, dict]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(period,), daemon=True)
+        self._t.start()
+
+    def _run(self, period):
+        while not self._stop.is_set():
+            tree = _proc_cpu_tree(os.getpid())
+            me = os.getpid()
+            if me in tree:  # the sampler's own CPU so far is not the harness's
+                tree[me] = (tree[me][0], tree[me][1] - time.thread_time())
+            self.samples.append((time.perf_counter(), tree))
+            self._stop.wait(period)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+
+    def window(self, t0: float, t1: float, trial_pid: int) -> dict:
+        """CPU used in [t0, t1] (CLOCK_MONOTONIC, as perf_counter in every process), trial vs everything else."""
+        def at(t):
+            return min(self.samples, key=lambda s: abs(s[0] - t))
+
+        (a_t, a), (b_t, b) = at(t0), at(t1)
+        per = {}
+        for pid, (name, cpu) in b.items():
+            per[pid] = (name, cpu - a.get(pid, (name, cpu))[1])  # processes started inside: counted from their start
+        trial = per.get(trial_pid, ("?", 0.0))[1]
+        others = {f"{n}[{p}]": round(c, 3) for p, (n, c) in per.items() if p != trial_pid and c > 0.005}
+        span = max(b_t - a_t, 1e-9)
+        return {"window_s": span, "trial_cpu_s": trial, "other_cpu_s": sum(others.values()),
+                "other_cores": sum(others.values()) / span, "trial_cores": trial / span, "others": others}
+
+
 def worker_ray(spec: dict) -> dict:
     results = Path(spec["results"])
     results.mkdir(parents=True, exist_ok=True)
@@ -136,11 +202,17 @@ def worker_ray(spec: dict) -> dict:
     from tune import run_search
 
     tune.trainable.train_pahcl = instrumented_trainable  # run_search imports it at call time
-    out = run_search.main(["--space", spec["space"], "--results-dir", str(results)])
+    sampler = CpuSampler()
+    try:
+        out = run_search.main(["--space", spec["space"], "--results-dir", str(results)])
+    finally:
+        sampler.stop()
     f = Path(spec["cache"]).parent / "bench_steps.json"
     steps = json.loads(f.read_text())
     f.unlink()
-    return {"rows": steps["rows"], "threads": steps["threads"], "exit_code": out.get("exit_code")}
+    rows = steps["rows"]
+    cpu = sampler.window(rows[0][2], rows[-1][2], int(steps["pid"])) if rows else {}
+    return {"rows": rows, "threads": steps["threads"], "exit_code": out.get("exit_code"), "harness_cpu": cpu}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -161,7 +233,12 @@ def analyse(rows: list[list[float]]) -> dict:
     med = sorted(inner)[len(inner) // 2] if inner else 0.0
     for e0, e1 in zip(eps, eps[1:]):
         boundary.append(by_epoch[e1][0] - by_epoch[e0][-1] - med)  # validation (+ report) beyond one step
-    return {"steps": len(rows), "timed_intervals": len(inner), "step_s_mean": sum(inner) / max(len(inner), 1),
+    srt = sorted(inner)
+    p90 = srt[int(0.9 * (len(srt) - 1))] if srt else 0.0
+    slow = [x for x in inner if x > 1.5 * med]
+    return {"intervals_ms": [round(1000 * x, 2) for x in inner], "steps": len(rows), "timed_intervals": len(inner),
+            "step_s_p90": p90, "step_s_max": srt[-1] if srt else 0.0,
+            "slow_intervals": len(slow), "slow_excess_s": sum(x - med for x in slow), "step_s_mean": sum(inner) / max(len(inner), 1),
             "step_s_median": med, "steps_s_total": sum(inner), "epoch_boundary_s": boundary,
             "train_wall_s": rows[-1][2] - rows[0][2] if rows else 0.0, "losses": [r[3] for r in rows],
             "thread_cpu_ms_mean": 1000 * sum(thread_cpu) / max(len(thread_cpu), 1),
@@ -227,6 +304,11 @@ def main(argv=None) -> int:
         r = run_one(kind, spec, a.timeout)
         r["warmup"] = a.warmup_pair and i < 2
         runs.append(r)
+        hc = r.get("harness_cpu") or {}
+        if hc:
+            top = sorted(hc["others"].items(), key=lambda kv: -kv[1])[:5]
+            print(f"[ray ] other harness processes {hc['other_cores']:.2f} cores, trial {hc['trial_cores']:.2f}: {top}",
+                  file=sys.stderr, flush=True)
         print(f"[{kind:4s}] step {r['step_s_mean'] * 1000:7.1f} ms (median {r['step_s_median'] * 1000:.1f}, "
               f"thread CPU {r['thread_cpu_ms_mean']:.1f}, process CPU {r['process_cpu_ms_mean']:.1f}), "
               f"{r['timed_intervals']} intervals, e2e {r['e2e_wall_s']:.1f} s, load {os.getloadavg()[0]:.2f}",
@@ -256,6 +338,12 @@ def main(argv=None) -> int:
         "ray_thread_cpu_ms": spread([r["thread_cpu_ms_mean"] for r in ray]),
         "bare_process_cpu_ms": spread([r["process_cpu_ms_mean"] for r in bare]),
         "ray_process_cpu_ms": spread([r["process_cpu_ms_mean"] for r in ray]),
+        "bare_slow_intervals": spread([r["slow_intervals"] for r in bare]),
+        "ray_slow_intervals": spread([r["slow_intervals"] for r in ray]),
+        "bare_slow_excess_ms_per_step": spread([1000 * r["slow_excess_s"] / max(r["timed_intervals"], 1) for r in bare]),
+        "ray_slow_excess_ms_per_step": spread([1000 * r["slow_excess_s"] / max(r["timed_intervals"], 1) for r in ray]),
+        "ray_other_cores": spread([r["harness_cpu"].get("other_cores", 0.0) for r in ray if r.get("harness_cpu")]),
+        "ray_trial_cores": spread([r["harness_cpu"].get("trial_cores", 0.0) for r in ray if r.get("harness_cpu")]),
         "max_abs_loss_diff": loss_diff, "same_number_of_steps": same_steps,
         "optimizer_steps_per_run": bare[0]["steps"] if bare else 0,
     }
@@ -282,6 +370,12 @@ def markdown(s: dict, a) -> str:
          fmt_spread(s["ray_thread_cpu_ms"], 1), fmt_spread(s["ratio_thread_cpu"])],
         ["CPU time of the whole trial process per step (all its threads), ms", fmt_spread(s["bare_process_cpu_ms"], 1),
          fmt_spread(s["ray_process_cpu_ms"], 1), fmt_spread(s["ratio_process_cpu"])],
+        ["intervals > 1.5 x the run's median step (count per run)", fmt_spread(s["bare_slow_intervals"], 0),
+         fmt_spread(s["ray_slow_intervals"], 0), ""],
+        ["time those slow intervals add, per step, ms", fmt_spread(s["bare_slow_excess_ms_per_step"], 1),
+         fmt_spread(s["ray_slow_excess_ms_per_step"], 1), ""],
+        ["CPU of the other harness processes (driver, raylet, GCS, ...) while the trial trains, cores", "",
+         fmt_spread(s["ray_other_cores"], 2), ""],
         ["epoch boundary beyond one step (validation; trial: + flush, checkpoint, report), s",
          fmt_spread(s["bare_boundary_s"], 2), fmt_spread(s["ray_boundary_s"], 2), ""],
         ["training wall (first to last step), s", fmt_spread(s["bare_train_wall_s"], 1),
