@@ -346,19 +346,20 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, what: str = "config file", error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; every failure is ``error`` naming ``what`` and the path."""
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from None
+        raise error(f"{what} {path}: cannot read ({e.strerror})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML (safe_load refuses tags like !!python/...): {e}") from None
+        raise error(f"{what} {path}: not valid YAML (safe_load refuses tags like !!python/...): {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise error(f"{what} {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
@@ -397,10 +398,10 @@ def load_config(
 
     ``preset="full"`` (default here) applies nothing beyond the base file; CLIs pass ``"auto"``.
     """
-    tree = _read_yaml(Path(path) if path else DEFAULT_CONFIG)
+    tree = read_yaml_mapping(Path(path) if path else DEFAULT_CONFIG)
     if preset is not None:
         name = resolve_preset(preset)
-        tree = deep_merge(tree, _read_yaml(PRESET_DIR / f"{name}.yaml"))
+        tree = deep_merge(tree, read_yaml_mapping(PRESET_DIR / f"{name}.yaml"))
     return build_config(tree, overrides)
 
 
@@ -433,6 +434,7 @@ __all__ = [
     "flatten",
     "load_config",
     "parse_override",
+    "read_yaml_mapping",
     "resolve_preset",
     "validate",
 ]

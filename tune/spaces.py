@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
 
 from pahcl.config import (
     DEFAULT_CONFIG,
@@ -25,6 +24,7 @@ from pahcl.config import (
     available_presets,
     build_config,
     deep_merge,
+    read_yaml_mapping,
     set_dotted,
 )
 
@@ -199,19 +199,7 @@ def _get_dotted(tree: Mapping, key: str):
 
 
 def _read_mapping(path: Path, what: str) -> dict:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise SpaceError(f"{what}: cannot read {path} ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{what}: {path} is not valid YAML (safe_load refuses tags like !!python/...): {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SpaceError(f"{what}: {path} must be a mapping at the top level, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, what, SpaceError)
 
 
 def derive_accumulation(batch_size: int, effective: int) -> int:
