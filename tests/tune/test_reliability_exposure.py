@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_helpers import REPO_ROOT
+from tune_helpers import REPO_ROOT, descendants
 
 
 def _decode(hexaddr: str) -> ipaddress._BaseAddress:
@@ -45,24 +45,6 @@ def _is_loopback(addr: str) -> bool:
     ip = ipaddress.ip_address(addr)
     mapped = getattr(ip, "ipv4_mapped", None)
     return ip.is_loopback or bool(mapped and mapped.is_loopback)
-
-
-def _descendants(roots: set[int]) -> set[int]:
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, grew = set(roots), True
-    while grew:
-        grew = False
-        for pid, pp in parent.items():
-            if pp in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
 
 
 def _socket_owners(pids: set[int]) -> dict[str, int]:
@@ -122,7 +104,7 @@ def test_local_ray_and_mlflow_server_listen_on_loopback_only(tmp_path, free_port
             except OSError:
                 assert ml_proc.poll() is None and time.time() < deadline, "mlflow server did not start"
                 time.sleep(0.5)
-        pids = _descendants({ray_proc.pid, ml_proc.pid})
+        pids = descendants({ray_proc.pid, ml_proc.pid})
         owners = _socket_owners(pids)
         mine = [(a, p, owners[i]) for a, p, i in listeners() if i in owners]
         names = {_cmd(pid).split()[0].rsplit("/", 1)[-1] for _, _, pid in mine}

@@ -8,13 +8,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tune_helpers import REPO_ROOT
+from tune_helpers import wait_for_health
 
 from tune.faults import read_events
 
@@ -84,18 +83,11 @@ def mlflow_server_proc(tmp_path, free_port):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(db.parent),
                             env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"), start_new_session=True)
     base = f"http://127.0.0.1:{free_port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("mlflow server did not start")
-        time.sleep(0.5)
+    try:
+        wait_for_health(base, proc)
+    except RuntimeError:
+        proc.kill()
+        raise
     yield proc, base
     if proc.poll() is None:
         os.killpg(proc.pid, 9)  # the server and its uvicorn/gunicorn worker (its own session)

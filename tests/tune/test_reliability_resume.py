@@ -17,31 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tune_helpers import REPO_ROOT
+from tune_helpers import REPO_ROOT, descendants
 
 from tune.faults import read_events
 
 pytestmark = pytest.mark.slow
 
 MAX_EPOCHS = 2
-
-
-def _descendants(root: int) -> set[int]:
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, grew = {root}, True
-    while grew:
-        grew = False
-        for pid, pp in parent.items():
-            if pp in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
 
 
 def _terminated_in_state(exp_dir: Path) -> set[str]:
@@ -93,7 +75,7 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
                     break
             time.sleep(0.3)
     finally:
-        procs = _descendants(drv.pid)
+        procs = descendants({drv.pid})
         os.kill(drv.pid, signal.SIGKILL)  # the driver dies with no chance to save anything
         drv.wait()
         for pid in procs - {drv.pid}:  # and with it the Ray it started (a crashed machine takes everything)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tune_helpers import REPO_ROOT
+from tune_helpers import REPO_ROOT, wait_for_health
 
 from tune.spaces import SpaceError
 
@@ -63,17 +61,7 @@ def mlflow_server(tmp_path, free_port):
                             cwd=str(tmp_path / "server"))
     base = f"http://127.0.0.1:{free_port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(0.5)
+        wait_for_health(base, proc)
         yield base
     finally:
         proc.terminate()

@@ -1,7 +1,10 @@
 """Helpers shared by the tune tests (imported by name; not a conftest so the name cannot clash)."""
 from __future__ import annotations
 
+import os
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -40,3 +43,35 @@ def write_space(path: Path, space: dict) -> Path:
     return path
 
 
+def descendants(roots) -> set[int]:
+    """``roots`` and every process below them, from /proc (ppid is field 4 of /proc/PID/stat)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, grew = set(roots), True
+    while grew:
+        grew = False
+        for pid, pp in parent.items():
+            if pp in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+def wait_for_health(base: str, proc, timeout: float = 90.0) -> None:
+    """Poll ``base``/health until it answers 200; RuntimeError if ``proc`` exits or time runs out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("mlflow server did not start")
+        time.sleep(0.5)
