@@ -35,7 +35,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "concurrency": (["bench/concurrency.py"], ["--smoke-test"]),
     "data_path": (["bench/data_path.py"], ["--smoke-test"]),
     "segmentation_f1": (["bench/segmentation_f1.py"], []),
-    "mamba_backends": (["bench/mamba_backends.py", "--skip-large", "--only", "full fused b8,full naive b8,small"],
+    "mamba_backends": (["bench/mamba_backends.py", "--skip-large", "--repeats", "3", "--only", "full fused b8,full naive b8,small"],
                        ["--smoke-test"]),
     "search_efficiency": (["bench/search_efficiency.py"], ["--smoke-test"]),
 }
@@ -261,6 +261,13 @@ def sec_concurrency(j: dict | None) -> str:
     return txt
 
 
+def _quote_only(cmd: str) -> str:
+    """mamba_backends.py records its argv unquoted: quote the --only value so the command can be pasted."""
+    import re
+
+    return re.sub(r"--only (.+?) --", lambda m: f"--only '{m.group(1)}' --" if " " in m.group(1) else m.group(0), cmd)
+
+
 def sec_mamba(j: dict | None) -> str:
     h = "## 4. Mamba backends (CPU)\n\n"
     if not j:
@@ -268,7 +275,7 @@ def sec_mamba(j: dict | None) -> str:
     m = j["meta"]
     la = m.get("loadavg") or [0, 0, 0]
     rows = {r["spec"]["name"]: r["result"] for r in j["rows"]}
-    txt = (h + _cmd(m["command"]) + f"\n\n{j.get('_date', '')}; load average at the end "
+    txt = (h + _cmd(_quote_only(m["command"])) + f"\n\n{j.get('_date', '')}; load average at the end "
            f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}; {m.get('total_s', 0) / 60:.1f} min; torch {m['torch']}, "
            f"{m['cpu_count']} CPUs, 2 torch threads per configuration (each in its own process).\n\n"
            "Encoder forward + backward (one warm-up, median of the timed iterations) of the pure-PyTorch Mamba "
@@ -435,7 +442,8 @@ def findings(J: dict) -> str:
                    f"training thread's CPU time per step varies between runs of the same path (bare "
                    f"{bare_cpu['min']:.0f}–{bare_cpu['max']:.0f} ms, trial {ray_t['min']:.0f}–{ray_t['max']:.0f} ms) as much "
                    f"as between the paths (medians {bare_cpu['median']:.1f} vs {ray_t['median']:.1f} ms); more pairs "
-                   "would narrow it." if bare_cpu.get("n") and ray_t.get("n") else "") + " Start-up is "
+                   "would narrow it. No change to `tune/` was made: no per-step harness cost above this noise was found to remove."
+                   if bare_cpu.get("n") and ray_t.get("n") else "") + " Start-up is "
                    f"the visible cost: {fmt_spread(s['ray_e2e_s'], 0)} s end-to-end through the service vs "
                    f"{fmt_spread(s['bare_e2e_s'], 0)} s bare for the same steps.")
     se = J["search_efficiency"]
