@@ -1,6 +1,6 @@
 """Search efficiency: full grid (no early stopping) vs the service's TPE + ASHA on the same discrete space.
 
-    python bench/search_efficiency.py --out bench/results/search_efficiency.json          # ~15-25 min on 2 cores
+    python bench/search_efficiency.py --out bench/results/search_efficiency.json          # ~25 min on 2 cores (+ ~5 noise)
     python bench/search_efficiency.py --seeds 0 1 2 3 --num-samples 10 --out /tmp/se.json
     python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json                 # ~1-2 min
     # only the training-seed noise check, added to a saved result (~3-5 min):
@@ -397,7 +397,8 @@ def main(argv=None) -> int:
     if a.noise_seeds and not a.smoke_test:
         t1 = time.perf_counter()
         saved["noise"] = run_noise(saved, a.noise_seeds, tmp, cache)
-        saved["noise"].update(command=command(argv), seconds=time.perf_counter() - t1)
+        saved["noise"].update(command=command(argv), seconds=time.perf_counter() - t1, date=machine()["date"],
+                              loadavg_end=[round(v, 2) for v in os.getloadavg()])
         print("\n" + noise_markdown(saved["noise"]))
     m0["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     write_json(a.out, saved)
