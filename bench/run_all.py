@@ -29,7 +29,7 @@ from _common import REPO, RESULTS, fmt_spread, loadavg, machine, md_table, now_u
 
 KEEP_MARK = "<!-- KEEP BELOW: text after this line is kept verbatim by bench/run_all.py -->"
 
-# name -> (script + arguments of the full run, arguments of the smoke run)
+# name -> (script + arguments of the full run, arguments of the smoke run: they replace the full run's)
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "harness_overhead": (["bench/harness_overhead.py"], ["--smoke-test"]),
     "concurrency": (["bench/concurrency.py"], ["--smoke-test"]),
@@ -44,7 +44,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
 def run_bench(name: str, smoke: bool, out_dir: Path, timeout: float) -> dict:
     args, smoke_args = BENCHES[name]
     out = out_dir / f"{name}.json"
-    cmd = [sys.executable, *args, *(smoke_args if smoke else []), "--out", str(out.relative_to(REPO))]
+    cmd = [sys.executable, *([args[0], *smoke_args] if smoke else args), "--out", str(out.relative_to(REPO))]
     log = out_dir / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     l0, t0 = loadavg(), time.perf_counter()
