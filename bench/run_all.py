@@ -108,7 +108,7 @@ def sec_harness(j: dict | None) -> str:
     h = "## 1. Harness overhead: bare Trainer vs one Ray Tune trial with MLflow logging\n\n"
     if not j:
         return h + "Not run yet: `python bench/harness_overhead.py --out bench/results/harness_overhead.json`.\n"
-    s, a = j["summary"], j["args"]
+    s = j["summary"]
     r = s["ratio_step_mean"]
     verdict = ("within" if r["median"] <= 1.03 else "above") + " the 1.03 target"
     return (h + _cmd(j["command"]) + f"\n\n{_when(j)}.\n\n"

@@ -26,7 +26,6 @@ import json
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

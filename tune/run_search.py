@@ -252,8 +252,7 @@ def main(argv=None) -> dict[str, Any]:
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     from tune.mlflow_utils import (
-        EndChildRunsCallback, InterruptAfterTrials, create_parent_run, ensure_experiment, git_commit,
-        resolve_tracking_uri,
+        create_parent_run, ensure_experiment, git_commit, resolve_tracking_uri,
     )
     from tune.resources import TrialResources, plan_resources
 
@@ -376,7 +375,7 @@ def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
 
 def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start, fit_s):
     from tune.mlflow_utils import _client, end_run
-    from tune.summary import aggregate_seeds, collect_trials, make_plots, print_table, write_outputs
+    from tune.summary import collect_trials, make_plots, print_table, write_outputs
 
     uri = meta["mlflow"]["tracking_uri"]
     exp_id, parent = meta["mlflow"]["experiment_id"], meta["mlflow"]["parent_run_id"]

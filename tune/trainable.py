@@ -145,7 +145,7 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     from tune.faults import FaultInjector
 
     from tune.mlflow_utils import (
-        PARENT_TAG, BatchLogger, MLflowStepCallback, _client, find_child_run,
+        BatchLogger, MLflowStepCallback, _client,
     )
 
     import torch
