@@ -106,11 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.set_postfix(epoch=f"{int(m['epoch']) + 1}/{cfg.training.num_epochs}", step=int(m["step"]),
                             loss=f"{m['loss']:.4f}", cyc_s=f"{m['cycles_per_s']:.0f}", refresh=False)
 
-        class _EpochLine:
-            def on_epoch_end(self, tr, m):
-                bar.write(" ".join(f"{k}={v:.4g}" for k, v in m.items()))
+    class _EpochLine:  # one line per epoch, also with --no-progress (logs of nohup runs)
+        def on_epoch_end(self, tr, m):
+            line = " ".join(f"{k}={v:.4g}" for k, v in m.items())
+            if bar is not None:
+                bar.write(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
-        trainer.callbacks.append(_EpochLine())
+    trainer.callbacks.append(_EpochLine())
     t0 = time.perf_counter()
     try:
         last = trainer.fit(progress=progress)
