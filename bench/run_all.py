@@ -337,9 +337,9 @@ def sec_seg(j: dict | None) -> str:
 
 
 def sec_probe(j: dict | None) -> str:
-    h = "## 7. Linear probe on Yaseen\n\n"
+    h = "## 7. Linear probe (and kNN) on Yaseen\n\n"
     cmd = ("python -m pahcl.pretrain --data yaseen:../shared/data/yaseen2018 --out runs/y --set training.num_epochs=30\n"
-           "python bench/linear_probe_yaseen.py --checkpoint runs/y/checkpoint_last.pt "
+           "python bench/linear_probe_yaseen.py --checkpoint runs/y/checkpoint_last.pt --cache-dir runs/y/cache "
            "--out bench/results/linear_probe_yaseen.json")
     if not j:
         return (h + "Not re-run by `bench/run_all.py` (it needs the 30-epoch Yaseen pretraining of docs/training.md). "
@@ -347,12 +347,22 @@ def sec_probe(j: dict | None) -> str:
                 "file was generated; the measured table, when there is one, is in docs/training.md.\n")
     rows = j["rows"]
     classes = rows[0].get("classes", [])
-    body = md_table(["features", "dim", "accuracy", "balanced acc."] + [f"recall {c}" for c in classes] + ["n test"],
-                    [[r["features"], r["dim"], f"{r['accuracy']:.3f}", f"{r['balanced_accuracy']:.3f}"]
+    body = md_table(["protocol", "features", "dim", "accuracy", "balanced acc."] + [f"recall {c}" for c in classes]
+                    + ["n test"],
+                    [[r.get("protocol", "linear"), r["features"], r["dim"], f"{r['accuracy']:.3f}",
+                      f"{r['balanced_accuracy']:.3f}"]
                      + [f"{r['per_class_recall'].get(c, float('nan')):.2f}" for c in classes] + [r["n"]] for r in rows])
+    lengths = ""
+    if j.get("cycle_lengths"):
+        lengths = ("\n\nSegmented cycle length per class and split side (automatic segmentation; the encoder's "
+                   "window holds one cycle, zero-padded, so features partly encode it):\n\n"
+                   + md_table(["class", "recordings", "cycles", "median length s", "fraction < 0.45 s"],
+                              [[r["label"], r["side"], r["n"], f"{r['median_s']:.2f}", f"{r['short_frac']:.2f}"]
+                               for r in j["cycle_lengths"]]))
     return (h + "Not re-run by `bench/run_all.py`; rendered from `bench/results/linear_probe_yaseen.json` "
             f"({j.get('date')}; {j.get('machine')}; checkpoint `{j.get('checkpoint')}`, epoch "
-            f"{j.get('checkpoint_epoch')}). Commands:\n\n" + _cmd(cmd) + "\n\n" + body + "\n")
+            f"{j.get('checkpoint_epoch')}; pretraining run and its time: docs/training.md). Train: recordings 001-050 of each class, test: 051-100, recording level. "
+            "Discussion: docs/training.md. Commands:\n\n" + _cmd(cmd) + "\n\n" + body + lengths + "\n")
 
 
 def sec_throughput(j: dict | None) -> str:
@@ -360,8 +370,11 @@ def sec_throughput(j: dict | None) -> str:
         return ""
     rows = [[r["preset"], r["mode"], f"{r['batch_size']} x {r['accum']}", f"{r['params'] / 1e6:.2f} M",
              f"{r['sec_per_step']:.2f}", f"{r['cycles_per_s']:.1f}"] for r in j["rows"]]
+    load = ""
+    if j.get("load_start") and j.get("load_end"):
+        load = f"; 1-minute load average {j['load_start'][0]:.2f} at start, {j['load_end'][0]:.2f} at end"
     return ("## 8. Training-step throughput (SimCLR vs MoCo)\n\nRendered from `bench/results/train_throughput.json` "
-            f"({j.get('date')}; {j.get('machine')}).\n\n" + _cmd(j["command"]) + "\n\n"
+            f"({j.get('date')}; {j.get('machine')}{load}). Discussion: docs/training.md.\n\n" + _cmd(j["command"]) + "\n\n"
             + md_table(["preset", "mode", "batch x accum", "params", "s/step", "cycles/s"], rows) + "\n")
 
 
@@ -410,11 +423,11 @@ def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
         parts.append(tp)
     parts.append("## Not run here\n\n* Every GPU figure (section 3's peak memory / `auto` packing / packed "
                  "throughput, section 4's CUDA rows): no GPU was lent to this task. The code paths exist and run "
-                 "when CUDA is present.\n* The 30-epoch Yaseen pretraining behind section 7 (minutes to hours on "
-                 "CPU): run separately, see docs/training.md.")
+                 "when CUDA is present.\n* The 30-epoch Yaseen pretraining behind section 7 is not re-run by "
+                 "`bench/run_all.py` (about 20 min on 2 idle cores): run separately, see docs/training.md.")
     text = "\n\n".join(p.rstrip() for p in parts) + "\n\n" + KEEP_MARK + "\n"
     if kept.strip():
-        text += kept if kept.startswith("\n") else "\n" + kept
+        text += "\n" + kept.lstrip("\n")  # exactly one blank line after the mark, however often re-rendered
     return text
 
 
@@ -521,6 +534,15 @@ def headline(J: dict) -> str:
     if sg:
         items.append(f"Segmentation (CirCor tiny): S1 F1 {sg['overall']['S1']['f1']:.3f}, S2 F1 "
                      f"{sg['overall']['S2']['f1']:.3f}.")
+    lp = J["linear_probe_yaseen"]
+    if lp:
+        acc = {(r.get("protocol", "linear"), r["features"].split()[0]): r["accuracy"] for r in lp["rows"]}
+        for proto in ("linear", "knn"):
+            if (proto, "pretrained") in acc:
+                items.append(f"Yaseen {proto} probe (recording level, 001-050 vs 051-100, epoch "
+                             f"{lp.get('checkpoint_epoch')}): pretrained **{acc[(proto, 'pretrained')]:.3f}**, "
+                             f"random-init {acc.get((proto, 'random-init'), float('nan')):.3f}, log-spectrogram "
+                             f"{acc.get((proto, 'log-spectrogram'), float('nan')):.3f}.")
     return "## Headline numbers\n\n" + "\n".join(f"* {x}" for x in items) if items else "## Headline numbers\n\n(none yet)"
 
 

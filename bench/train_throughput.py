@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import time
@@ -42,7 +43,7 @@ def bench_one(preset: str, moco: bool, steps: int, warmup: int, batch: int | Non
     if cfg.model.use_moco and cfg.model.queue_size > len(train):
         cfg = load_config(preset=preset, overrides={**over, "model.queue_size": max(cfg.training.batch_size, len(train) // 2)})
     tr = Trainer(cfg, train, None, log=None)
-    t, bs, k = cfg.training, cfg.training.batch_size, cfg.training.gradient_accumulation_steps
+    bs, k = cfg.training.batch_size, cfg.training.gradient_accumulation_steps
     need = (steps + warmup) * k
     batches = []
     epoch = 0
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke-test", action="store_true", help="tiny preset, 2 steps, no warmup")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
+    load_start = list(os.getloadavg())
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke_test:
@@ -104,7 +106,9 @@ def main(argv=None) -> int:
               f"{r['params'] / 1e6:.2f} M | {r['sec_per_step']:.2f} | {r['cycles_per_s']:.1f} | {r['device']} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"date": when, "machine": machine, "command": cmd, "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"date": when, "machine": machine, "command": cmd, "rows": rows,
+                                              "load_start": load_start, "load_end": list(os.getloadavg())},
+                                             indent=1))
     return 0
 
 
