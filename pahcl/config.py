@@ -49,6 +49,9 @@ class DataConfig:
     bandpass_high: float = _f(400.0, lo=0.0, lo_open=True, hi=2400.0)
     val_fraction: float = _f(0.2, lo=0.0, lo_open=True, hi=1.0, hi_open=True)
     max_cycles_per_recording: int = _f(0, lo=0, help="0 = keep all")
+    max_heart_rate_bpm: float = _f(200.0, lo=40.0, hi=300.0,
+                                   help="automatic segmentation: highest heart rate the period search admits "
+                                        "(200 suits children; ~120 for adults at rest)")
 
 
 @dataclass

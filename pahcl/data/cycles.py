@@ -105,7 +105,7 @@ def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle],
         cycles = from_annotations(rec.annotations, sr, len(x))
         source = "annotations"
     if not cycles:
-        cycles, source = segment(x, sr), "auto"
+        cycles, source = segment(x, sr, max_bpm=data_cfg.max_heart_rate_bpm), "auto"
     if data_cfg.max_cycles_per_recording > 0:
         cycles = cycles[: data_cfg.max_cycles_per_recording]
     return x, cycles, source

@@ -11,7 +11,7 @@ Automatic segmenter (Springer et al. 2016 style, without a trained emission mode
      homomorphic envelope in log form), minus its 0.5 s running median (removes slow loudness
      changes such as crying, breathing, rubbing), as a robust z-score clipped to [-3, 6];
   2. heart rate: median over 4 s windows of the feature's autocorrelation; the highest peak at
-     0.3-2 s lag, halved while a peak near half the lag is >= 0.9 as high. Systolic interval
+     60/max_heart_rate_bpm - 2 s lag (0.3-2 s by default: up to 200 bpm, for children), halved while a peak near half the lag is >= 0.9 as high. Systolic interval
      (S1 onset -> S2 onset): mean of the highest autocorrelation peak in [0.2 s, cycle / 2] and
      Weissler's regression 0.49 - 0.0021 * HR s (the regression alone when there is no peak);
   3. duration-dependent (explicit-duration HSMM) Viterbi decoding of the cyclic state chain
@@ -38,6 +38,7 @@ SYS_MODE = "blend"  # systolic interval: "autocorr" peak, literature "prior", or
 PRIOR_A, PRIOR_B = 0.49, 0.0021  # Weissler QS2 = 546 - 2.1 HR ms, minus ~55 ms Q -> S1 onset
 DIA_SD_FRAC = 0.07  # diastole duration sd = DIA_SD_FRAC * mean + 6 ms (Springer)
 BOUND_SD = 3.0  # diastole durations allowed within mean +- BOUND_SD sd
+MAX_HEART_RATE_BPM = 200.0  # default shortest cycle 0.3 s (data.max_heart_rate_bpm)
 REFINE = 1  # hard-EM passes (per-state emissions re-estimated from the previous decoding)
 _CONTIGUITY_S = 0.005  # gap tolerated between consecutive annotation rows
 
@@ -121,10 +122,11 @@ def _windowed_autocorr(v: np.ndarray, fs: int = FEATURE_RATE, win_s: float = 4.0
     return np.median(np.asarray(acs), axis=0) if acs else np.zeros(M)
 
 
-def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE) -> tuple[float, float]:
+def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE,
+               max_bpm: float = MAX_HEART_RATE_BPM) -> tuple[float, float]:
     """(cycle duration s, systolic interval s) from the windowed autocorrelation of the feature.
 
-    Cycle: the highest autocorrelation peak at 0.3-2 s, replaced by a peak near half its lag while
+    Cycle: the highest autocorrelation peak at 60/max_bpm .. 2 s, replaced by a peak near half its lag while
     that one is at least HALF_PEAK_RATIO as high (guards against picking two beats). Systolic
     interval (S1 onset -> S2 onset): by SYS_MODE, from the highest peak at 0.2 s .. half the cycle
     and/or Weissler's regression PRIOR_A - PRIOR_B * HR (the regression when there is no peak).
@@ -133,7 +135,7 @@ def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE) -> tuple[float, floa
 
     ac = _windowed_autocorr(feature, fs)
     pk, _ = find_peaks(ac)
-    cand = pk[(pk >= int(0.3 * fs)) & (pk <= int(2.0 * fs))]
+    cand = pk[(pk >= int(60.0 / max_bpm * fs)) & (pk <= int(2.0 * fs))]
     if len(cand) == 0:
         return 0.8, 0.32
     p = int(cand[np.argmax(ac[cand])])
@@ -263,13 +265,14 @@ def _state_emissions(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def segment_states(signal: np.ndarray, sample_rate: int, refine: int | None = None) -> list[tuple[int, int, int]]:
+def segment_states(signal: np.ndarray, sample_rate: int, refine: int | None = None,
+                   max_bpm: float = MAX_HEART_RATE_BPM) -> list[tuple[int, int, int]]:
     """Decoded state segments (start_sample, end_sample, state 1..4) covering the signal."""
     x = np.asarray(signal, dtype=np.float64)
     if len(x) < int(0.3 * sample_rate) or not np.all(np.isfinite(x)) or float(np.std(x)) < 1e-8:
         return []  # too short, broken or constant: nothing to segment
     v = _features(x, sample_rate)
-    cycle_s, sys_s = heart_rate(v)
+    cycle_s, sys_s = heart_rate(v, max_bpm=max_bpm)
     logp = _durations(cycle_s, sys_s, FEATURE_RATE)
     segs, _ = _viterbi(_two_class_emissions(v), logp)
     for _ in range(REFINE if refine is None else refine):
@@ -295,9 +298,10 @@ def states_to_cycles(segs: list[tuple[int, int, int]]) -> list[Cycle]:
     return out
 
 
-def segment(signal: np.ndarray, sample_rate: int) -> list[Cycle]:
-    """Automatic segmentation: float [T] -> cycles with sample indices into ``signal``."""
-    return states_to_cycles(segment_states(signal, sample_rate))
+def segment(signal: np.ndarray, sample_rate: int, max_bpm: float = MAX_HEART_RATE_BPM) -> list[Cycle]:
+    """Automatic segmentation: float [T] -> cycles with sample indices into ``signal``. ``max_bpm``
+    bounds the heart rate the period search admits (shortest cycle 60/max_bpm s)."""
+    return states_to_cycles(segment_states(signal, sample_rate, max_bpm=max_bpm))
 
 
-__all__ = ["FEATURE_RATE", "from_annotations", "heart_rate", "segment", "segment_states", "states_to_cycles"]
+__all__ = ["FEATURE_RATE", "MAX_HEART_RATE_BPM", "from_annotations", "heart_rate", "segment", "segment_states", "states_to_cycles"]

@@ -84,6 +84,7 @@ def test_int_field_accepts_integral_float_only():
         ("model.cnn_channels=8", r"model\.cnn_channels: expected a list of int"),
         ("model.mamba_d_model=128", r"model\.mamba_d_model: 128 must equal model\.cnn_channels\[-1\]"),
         ("data.num_substructures=3", r"data\.num_substructures: 3 is not allowed; allowed values: \[4\]"),
+        ("data.max_heart_rate_bpm=20", r"data\.max_heart_rate_bpm: 20\.0 is out of range; allowed: \[40\.0, 300\.0\]"),
         ("data.sample_rate=600", r"data\.bandpass_high: 400\.0 must be below Nyquist"),
         ("augmentation.prob_time_shift=1.5", r"augmentation\.prob_time_shift: 1\.5 is out of range; allowed: \[0\.0, 1\.0\]"),
         ("augmentation.amplitude_scale_range=[1.2,0.8]", r"augmentation\.amplitude_scale_range: .*low <= high"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pahcl.data.preprocess import bandpass, normalise, preprocess_signal, remove_spikes, resample
-from pahcl.data.segmentation import from_annotations, segment
+from pahcl.data.segmentation import FEATURE_RATE, from_annotations, heart_rate, segment
 from pahcl.data.synthetic import generate_recording
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,6 +51,27 @@ def test_auto_segmenter_on_synthetic(data_cfg):
     got = np.array([c.s1_onset for c in segment(x, 5000)])
     assert len(got) >= len(truth) - 2
     assert np.median(np.min(np.abs(got[:, None] - truth[None, :]), axis=1)) < 0.05 * 5000
+
+
+def test_heart_rate_bound_decides_between_period_and_half():
+    # S1 and S2 as equal pulses 0.35 s apart (systole == diastole): peaks at 0.35 s and 0.70 s as high
+    v = np.full(20 * FEATURE_RATE, -1.0)
+    for t in np.arange(0.2, 19.5, 0.35):
+        v[int(round(t * FEATURE_RATE)):int(round(t * FEATURE_RATE)) + 5] = 3.0
+    assert heart_rate(v)[0] == pytest.approx(0.35, abs=0.03)  # default bound 200 bpm: the half period
+    assert heart_rate(v, max_bpm=120)[0] == pytest.approx(0.70, abs=0.03)  # adult bound: the full one
+
+
+def test_heart_rate_bound_on_yaseen_normal(shared_data, data_cfg):
+    """docs/segmentation.md "Known failure": New_N_001 halves to ~0.36 s by default, ~0.70 s at 120 bpm."""
+    import soundfile as sf
+
+    from pahcl.data import segmentation as S
+
+    x, sr = sf.read(shared_data / "yaseen2018" / "N" / "New_N_001.wav")
+    v = S._features(preprocess_signal(x, sr, data_cfg), data_cfg.sample_rate)
+    assert heart_rate(v)[0] == pytest.approx(0.36, abs=0.03)
+    assert heart_rate(v, max_bpm=120)[0] == pytest.approx(0.70, abs=0.03)
 
 
 def test_segment_too_short_or_constant_returns_nothing():
