@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--level", default="recording", choices=["recording", "cycle"])
     p.add_argument("--cache-dir", default="out/cache")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-c", default="cv", type=lambda v: v if v == "cv" else float(v),
+                   help="linear probe C: 'cv' (grouped cross-validation on the training side) or a number")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -77,13 +79,15 @@ def main(argv=None) -> int:
     rows = []
     for protocol in args.protocol:
         common = (f"python -m pahcl.evaluate --checkpoint {args.checkpoint} --train {args.data} --test {args.data} "
-                  f"--split-by-index {args.split} --protocol {protocol} --level {args.level}")
+                  f"--split-by-index {args.split} --protocol {protocol} --level {args.level}"
+                  + (f" --probe-c {args.probe_c}" if protocol == "linear" and args.probe_c != "cv" else ""))
         for name, extra in FEATURES:
             ftr, fte, t_feat = feats[name]
             t0 = time.perf_counter()
             m = evaluate_features(ftr, train.table["label"].tolist(), fte, test.table["label"].tolist(), protocol,
                                   args.level, rec_test=test.table["recording_id"].tolist(), k=cfg.evaluation.knn_k,
-                                  temperature=cfg.evaluation.knn_temperature, seed=args.seed)
+                                  temperature=cfg.evaluation.knn_temperature, seed=args.seed,
+                                  probe_c=args.probe_c, rec_train=train.table["recording_id"].tolist())
             m.update(features=name, dim=int(ftr.shape[1]), seconds=round(t_feat + time.perf_counter() - t0, 1),
                      command=common + extra)
             rows.append(m)
@@ -96,12 +100,13 @@ def main(argv=None) -> int:
     print(f"\nYaseen probes, {args.level} level, train recordings {side_a} / test {side_b} of each class ({when}; "
           f"{machine}; checkpoint {args.checkpoint}, {ck})\n")
     classes = rows[0]["classes"]
-    print("| protocol | features | dim | accuracy | balanced acc. | " + " | ".join(f"recall {c}" for c in classes)
+    print("| protocol | features | dim | C | accuracy | balanced acc. | " + " | ".join(f"recall {c}" for c in classes)
           + " | n test |")
-    print("|---|---|---|---|---|" + "---|" * len(classes) + "---|")
+    print("|---|---|---|---|---|---|" + "---|" * len(classes) + "---|")
     for r in rows:
         rec = " | ".join(f"{r['per_class_recall'].get(c, float('nan')):.2f}" for c in classes)
-        print(f"| {r['protocol']} | {r['features']} | {r['dim']} | {r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} "
+        print(f"| {r['protocol']} | {r['features']} | {r['dim']} | {r.get('probe_c', '–')} | {r['accuracy']:.3f} "
+              f"| {r['balanced_accuracy']:.3f} "
               f"| {rec} | {r['n']} |")
     lengths = cycle_lengths(train, test, (side_a, side_b))
     print("\nSegmented cycle length per class and side (s): n cycles, median, fraction < 0.45 s\n")

@@ -347,9 +347,9 @@ def sec_probe(j: dict | None) -> str:
                 "file was generated; the measured table, when there is one, is in docs/training.md.\n")
     rows = j["rows"]
     classes = rows[0].get("classes", [])
-    body = md_table(["protocol", "features", "dim", "accuracy", "balanced acc."] + [f"recall {c}" for c in classes]
-                    + ["n test"],
-                    [[r.get("protocol", "linear"), r["features"], r["dim"], f"{r['accuracy']:.3f}",
+    body = md_table(["protocol", "features", "dim", "C", "accuracy", "balanced acc."]
+                    + [f"recall {c}" for c in classes] + ["n test"],
+                    [[r.get("protocol", "linear"), r["features"], r["dim"], r.get("probe_c", "–"), f"{r['accuracy']:.3f}",
                       f"{r['balanced_accuracy']:.3f}"]
                      + [f"{r['per_class_recall'].get(c, float('nan')):.2f}" for c in classes] + [r["n"]] for r in rows])
     lengths = ""
@@ -361,7 +361,8 @@ def sec_probe(j: dict | None) -> str:
                                for r in j["cycle_lengths"]]))
     return (h + "Not re-run by `bench/run_all.py`; rendered from `bench/results/linear_probe_yaseen.json` "
             f"({j.get('date')}; {j.get('machine')}; checkpoint `{j.get('checkpoint')}`, epoch "
-            f"{j.get('checkpoint_epoch')}; pretraining run and its time: docs/training.md). Train: recordings 001-050 of each class, test: 051-100, recording level. "
+            f"{j.get('checkpoint_epoch')}; pretraining run and its time: docs/training.md). Train: recordings 001-050 of each class, test: 051-100, recording level; "
+            "linear-probe C chosen by 5-fold cross-validation on the training side, grouped by recording. "
             "Discussion: docs/training.md. Commands:\n\n" + _cmd(cmd) + "\n\n" + body + lengths + "\n")
 
 

@@ -14,7 +14,10 @@ Pure functions on feature arrays (numpy or torch) plus a CLI. Exact commands:
     ... --baseline logspec     # mean log-magnitude STFT per frequency bin, no learning (--checkpoint optional)
 
 The CLI prints ONE JSON object: accuracy, balanced_accuracy, per_class_recall, n, protocol, level,
-features (and classes, n_train).
+features (and classes, n_train; linear: probe_c and the cross-validation accuracy per C).
+
+Linear probe: StandardScaler + logistic regression; C is chosen from PROBE_CS by 5-fold cross-validation
+on the training side only (folds grouped by recording, stratified by class; ``--probe-c 1.0`` fixes it).
 
 ``--split-by-index A-B:C-D`` (train and test the same spec): cycles whose recording id ends in a number
 in [A, B] form the training side, [C, D] the test side (Yaseen: ``New_MR_001`` -> 1).
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "align_uniform",
+    "choose_probe_c",
     "classification_metrics",
     "extract_features",
     "knn_scores",
@@ -111,19 +115,48 @@ def knn_predict(bank, bank_labels, queries, num_classes: int, k: int = 20, tempe
     return knn_scores(bank, bank_labels, queries, num_classes, k, temperature).argmax(1)
 
 
-def linear_probe(
-    train_feats, train_labels, test_feats, seed: int = 0, max_iter: int = 5000, C: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logistic regression on standardised frozen features. Returns (test probabilities [N, C_seen],
-    the class indices those columns stand for)."""
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths the linear probe chooses from ("cv")
+
+
+def _probe(C: float, seed: int, max_iter: int = 5000):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C, random_state=seed))
+
+
+def choose_probe_c(train_feats, train_labels, groups: Sequence | None = None, seed: int = 0, folds: int = 5,
+                   cs: Sequence[float] = PROBE_CS) -> tuple[float, dict[float, float]]:
+    """C of the linear probe by cross-validation on the TRAINING side only: folds grouped by recording
+    (``groups``) and stratified by class; mean fold accuracy per C; ties go to the smaller C (stronger
+    regularisation). Returns (C, {C: mean accuracy}); (1.0, {}) when there are too few groups to split."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    X, y = _np(train_feats).astype(np.float64), _np(train_labels).astype(np.int64)
+    g = None if groups is None else np.asarray(list(groups))
+    # folds = at most the number of recordings (or cycles) of the rarest class
+    per_class = min(int(np.sum(y == c)) if g is None else len(set(g[y == c])) for c in np.unique(y))
+    if per_class < 2 or len(np.unique(y)) < 2:
+        return 1.0, {}
+    kfold = StratifiedKFold if g is None else StratifiedGroupKFold
+    splits = list(kfold(min(folds, per_class), shuffle=True, random_state=seed).split(X, y, g))
+    scores = {}
+    for C in sorted(cs):
+        accs = [_probe(C, seed).fit(X[a], y[a]).score(X[b], y[b]) for a, b in splits]
+        scores[float(C)] = float(np.mean(accs))
+    best = max(scores.values())
+    return min(c for c, v in scores.items() if v >= best - 1e-12), scores
+
+
+def linear_probe(
+    train_feats, train_labels, test_feats, seed: int = 0, max_iter: int = 5000, C: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression on standardised frozen features. Returns (test probabilities [N, C_seen],
+    the class indices those columns stand for). ``choose_probe_c`` picks C without the test side."""
     X, y, Xt = _np(train_feats).astype(np.float64), _np(train_labels).astype(np.int64), _np(test_feats).astype(np.float64)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C, random_state=seed))
-    clf.fit(X, y)
-    return clf.predict_proba(Xt), clf.classes_
+    clf = _probe(C, seed, max_iter).fit(X, y)
+    return clf.predict_proba(Xt), clf[-1].classes_
 
 
 def recording_level(scores: np.ndarray, recording_ids: Sequence, labels: np.ndarray):
@@ -289,13 +322,24 @@ def split_by_index(cycles, spec: str) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_features(
     f_train, labels_train, f_test, labels_test, protocol: str, level: str = "cycle",
     rec_test: Sequence | None = None, k: int = 20, temperature: float = 0.07, seed: int = 0,
+    probe_c: float | str = "cv", rec_train: Sequence | None = None,
 ) -> dict[str, Any]:
-    """Fit/score one protocol on feature arrays; returns the metrics dict (cycle or recording level)."""
+    """Fit/score one protocol on feature arrays; returns the metrics dict (cycle or recording level).
+    Linear probe: ``probe_c="cv"`` chooses C by ``choose_probe_c`` on the training side (folds grouped by
+    ``rec_train`` when given), a number fixes it; the C used is returned as ``probe_c``."""
     classes, ytr, yte = encode_labels(labels_train, labels_test)
+    extra: dict[str, Any] = {}
     if protocol == "knn":
         scores = knn_scores(f_train, ytr, f_test, len(classes), k, temperature)
     elif protocol == "linear":
-        proba, seen = linear_probe(f_train, ytr, f_test, seed=seed)
+        if probe_c == "cv":
+            C, cv = choose_probe_c(f_train, ytr, groups=rec_train, seed=seed)
+            extra = {"probe_c": C, "probe_cv_acc": {str(c): round(v, 4) for c, v in cv.items()}}
+        elif isinstance(probe_c, (int, float)) and not isinstance(probe_c, bool) and probe_c > 0:
+            C, extra = float(probe_c), {"probe_c": float(probe_c)}
+        else:
+            raise ValueError(f"probe_c: {probe_c!r}; allowed: 'cv' or a number > 0")
+        proba, seen = linear_probe(f_train, ytr, f_test, seed=seed, C=C)
         scores = np.zeros((len(proba), len(classes)))
         scores[:, seen] = proba
     else:
@@ -307,7 +351,7 @@ def evaluate_features(
     elif level != "cycle":
         raise ValueError(f"level: {level!r}; allowed: cycle, recording")
     m = classification_metrics(yte, scores.argmax(1), classes)
-    m.update(protocol=protocol, level=level, classes=list(classes), n_train=int(len(ytr)))
+    m.update(protocol=protocol, level=level, classes=list(classes), n_train=int(len(ytr)), **extra)
     return m
 
 
@@ -334,7 +378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="cycle cache directory (default: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-c", default="cv", metavar="cv|C",
+                   help="linear probe: 'cv' (default) picks C from %s by 5-fold cross-validation on the training "
+                        "side, grouped by recording; a number fixes C" % (list(PROBE_CS),))
     args = p.parse_args(argv)
+    if args.probe_c != "cv":
+        try:
+            args.probe_c = float(args.probe_c)
+        except ValueError:
+            p.error(f"--probe-c: {args.probe_c!r}; allowed: cv or a number > 0")
+        if not args.probe_c > 0:
+            p.error(f"--probe-c: {args.probe_c!r}; allowed: cv or a number > 0")
 
     from pahcl.checkpoint import load_checkpoint
     from pahcl.config import config_from_dict, load_config
@@ -371,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = evaluate_features(
         ftr, train.table["label"].tolist(), fte, test.table["label"].tolist(), args.protocol, args.level,
         rec_test=test.table["recording_id"].tolist(), k=cfg.evaluation.knn_k,
-        temperature=cfg.evaluation.knn_temperature, seed=args.seed,
+        temperature=cfg.evaluation.knn_temperature, seed=args.seed, probe_c=args.probe_c,
+        rec_train=train.table["recording_id"].tolist(),
     )
     res["features"] = features
     print(json.dumps(res))

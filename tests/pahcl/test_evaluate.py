@@ -8,6 +8,7 @@ import torch
 
 from pahcl.evaluate import (
     align_uniform,
+    choose_probe_c,
     classification_metrics,
     evaluate_features,
     extract_features,
@@ -63,6 +64,32 @@ def test_knn_and_linear_on_separable_clusters():
     assert proba.shape == (len(xt), 4) and list(seen) == [0, 1, 2, 3]
     p2, _ = linear_probe(x, y, xt, seed=0)
     assert np.array_equal(proba, p2)  # deterministic
+
+
+def test_probe_c_by_grouped_cv_on_the_training_side():
+    x, y = _clusters(seed=1)
+    groups = np.arange(len(y)) // 3  # 10 "recordings" of 3 cycles per class
+    C, cv = choose_probe_c(x, y, groups=groups, seed=0)
+    assert set(cv) == {0.001, 0.01, 0.1, 1.0, 10.0} and all(v == 1.0 for v in cv.values())
+    assert C == 0.001  # all tie: the strongest regularisation wins
+    # noisy features: the chosen C is the one with the best mean fold accuracy
+    rng = np.random.default_rng(0)
+    xn = x + rng.normal(0, 3.0, x.shape).astype(np.float32)
+    C, cv = choose_probe_c(xn, y, groups=groups, seed=0)
+    assert cv[C] == max(cv.values())
+    # one recording per class: nothing to cross-validate, C = 1 and no scores
+    assert choose_probe_c(x[:8], np.array([0, 0, 1, 1, 2, 2, 3, 3]), groups=np.array([0, 0, 1, 1, 2, 2, 3, 3])) == (1.0, {})
+
+
+def test_linear_probe_c_is_reported_and_validated():
+    x, y = _clusters(seed=1)
+    xt, yt = _clusters(seed=2)
+    m = evaluate_features(x, y, xt, yt, "linear", rec_train=list(np.arange(len(y)) // 3))
+    assert m["probe_c"] == 0.001 and set(m["probe_cv_acc"]) == {"0.001", "0.01", "0.1", "1.0", "10.0"}
+    assert evaluate_features(x, y, xt, yt, "linear", probe_c=1.0)["probe_c"] == 1.0
+    for bad in [0, -1.0, "auto", True]:
+        with pytest.raises(ValueError, match=r"probe_c: .*allowed: 'cv' or a number > 0"):
+            evaluate_features(x, y, xt, yt, "linear", probe_c=bad)
 
 
 def test_metrics_known_answer():
@@ -166,3 +193,6 @@ def test_cli_prints_one_json(tmp_path, capsys):
         res = json.loads(lines[0])
         assert res["features"] == features and 0 <= res["accuracy"] <= 1
         assert {"accuracy", "balanced_accuracy", "per_class_recall", "n", "protocol", "level"} <= set(res)
+    with pytest.raises(SystemExit):
+        main(common + ["--baseline", "logspec", "--protocol", "linear", "--probe-c", "zero"])
+    assert "--probe-c: 'zero'; allowed: cv or a number > 0" in capsys.readouterr().err
