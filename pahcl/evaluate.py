@@ -13,6 +13,8 @@ Pure functions on feature arrays (numpy or torch) plus a CLI. Exact commands:
     ... --random-init          # same architecture (from the checkpoint's config), seeded random weights
     ... --baseline logspec     # mean log-magnitude STFT per frequency bin, no learning (--checkpoint optional)
 
+    python -m pahcl.evaluate --smoke-test   # seconds: tiny random-init encoder, synthetic:8, kNN
+
 The CLI prints ONE JSON object: accuracy, balanced_accuracy, per_class_recall, n, protocol, level,
 features (and classes, n_train; linear: probe_c and the cross-validation accuracy per C).
 
@@ -368,8 +370,8 @@ def _build_model(cfg, state: dict | None, random_init: bool, seed: int):
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pahcl.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint .pt (config + weights); optional with --baseline logspec")
-    p.add_argument("--train", required=True, help="data spec KIND:PATH for the training side (bank / probe fit)")
-    p.add_argument("--test", required=True, help="data spec KIND:PATH for the test side")
+    p.add_argument("--train", help="data spec KIND:PATH for the training side (bank / probe fit)")
+    p.add_argument("--test", help="data spec KIND:PATH for the test side")
     p.add_argument("--protocol", choices=["knn", "linear"], default="knn")
     p.add_argument("--level", choices=["cycle", "recording"], default="cycle")
     p.add_argument("--random-init", action="store_true", help="same architecture, seeded random weights")
@@ -381,7 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--probe-c", default="cv", metavar="cv|C",
                    help="linear probe: 'cv' (default) picks C from %s by 5-fold cross-validation on the training "
                         "side, grouped by recording; a number fixes C" % (list(PROBE_CS),))
+    p.add_argument("--smoke-test", action="store_true",
+                   help="seconds: tiny preset, randomly initialised, synthetic:8 on both sides (no checkpoint)")
     args = p.parse_args(argv)
+    if args.smoke_test:
+        args.train, args.test, args.random_init = args.train or "synthetic:8", args.test or "synthetic:8", True
+    if not args.train or not args.test:
+        p.error("--train and --test are required (KIND:PATH) unless --smoke-test")
     if args.probe_c != "cv":
         try:
             args.probe_c = float(args.probe_c)
@@ -398,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint:
         state = load_checkpoint(args.checkpoint)
         cfg = config_from_dict(state["config"])
+    elif args.smoke_test:
+        cfg = load_config(preset="tiny")
     elif args.baseline == "logspec":
         cfg = load_config(preset="auto")
     else:

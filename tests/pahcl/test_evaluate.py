@@ -196,3 +196,17 @@ def test_cli_prints_one_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(common + ["--baseline", "logspec", "--protocol", "linear", "--probe-c", "zero"])
     assert "--probe-c: 'zero'; allowed: cv or a number > 0" in capsys.readouterr().err
+
+
+def test_cli_smoke_test_and_missing_specs(tmp_path, capsys, monkeypatch):
+    import json
+
+    from pahcl.evaluate import main
+
+    monkeypatch.chdir(tmp_path)  # nothing is written; the smoke run needs no checkpoint and no data
+    assert main(["--smoke-test"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["features"] == "random_init" and res["protocol"] == "knn" and res["n"] > 0
+    with pytest.raises(SystemExit):
+        main(["--protocol", "knn"])
+    assert "--train and --test are required (KIND:PATH) unless --smoke-test" in capsys.readouterr().err
