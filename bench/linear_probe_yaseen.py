@@ -47,6 +47,17 @@ def cycle_lengths(train, test, sides: tuple[str, str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["label"], r["side"]))
 
 
+def _probe_c(v: str) -> str | float:
+    """--probe-c: 'cv' or a number > 0."""
+    try:
+        c = v if v == "cv" else float(v)
+    except ValueError:
+        c = None
+    if c is None or (c != "cv" and not c > 0):
+        raise argparse.ArgumentTypeError(f"{v!r}; allowed: cv or a number > 0")
+    return c
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -56,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--level", default="recording", choices=["recording", "cycle"])
     p.add_argument("--cache-dir", default="out/cache")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probe-c", default="cv", type=lambda v: v if v == "cv" else float(v),
+    p.add_argument("--probe-c", default="cv", type=_probe_c,
                    help="linear probe C: 'cv' (grouped cross-validation on the training side) or a number")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
