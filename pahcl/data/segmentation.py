@@ -13,7 +13,8 @@ Automatic segmenter (Springer et al. 2016 style, without a trained emission mode
   2. heart rate: median over 4 s windows of the feature's autocorrelation; the highest peak at
      60/max_heart_rate_bpm .. 2 s lag (0.3-2 s by default: up to 200 bpm, for children), halved
      while a peak near half the lag is >= 0.9 as high. Systolic interval (S1 onset -> S2 onset):
-     mean of the highest autocorrelation peak in [0.2 s, cycle / 2] and Weissler's regression 0.49 - 0.0021 * HR s (the regression alone when there is no peak);
+     mean of the highest autocorrelation peak in [0.2 s, cycle / 2] and Weissler's regression
+     0.49 - 0.0021 * HR s (the regression alone when there is no peak);
   3. duration-dependent (explicit-duration HSMM) Viterbi decoding of the cyclic state chain
      S1 -> systole -> S2 -> diastole with Gaussian state durations (Springer's priors: S1 122+-22
      ms, S2 94+-22 ms, systole interval - 122 ms +- 25 ms, diastole the rest +- (7 % + 6 ms)); the
