@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pahcl.checkpoint import load_checkpoint  # noqa: E402
 from pahcl.config import config_from_dict  # noqa: E402
 from pahcl.data import load_cycles  # noqa: E402
-from pahcl.evaluate import _build_model, evaluate_features, extract_features, logspec_features, split_by_index  # noqa: E402
+from pahcl.evaluate import evaluate_features, frozen_features, probe_c_arg, split_by_index  # noqa: E402
 
 
-FEATURES = [("pretrained encoder", ""), ("random-init encoder", " --random-init"),
-            ("log-spectrogram baseline", " --baseline logspec")]
+FEATURES = [("pretrained encoder", "pretrained", ""), ("random-init encoder", "random_init", " --random-init"),
+            ("log-spectrogram baseline", "logspec", " --baseline logspec")]  # (row name, kind, CLI flags)
 SHORT_S = 0.45  # a "cycle" this short at rest is likely a half cycle (S1->S2 taken as the period)
 
 
@@ -47,17 +47,6 @@ def cycle_lengths(train, test, sides: tuple[str, str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["label"], r["side"]))
 
 
-def _probe_c(v: str) -> str | float:
-    """--probe-c: 'cv' or a number > 0."""
-    try:
-        c = v if v == "cv" else float(v)
-    except ValueError:
-        c = None
-    if c is None or (c != "cv" and not c > 0):
-        raise argparse.ArgumentTypeError(f"{v!r}; allowed: cv or a number > 0")
-    return c
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -67,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--level", default="recording", choices=["recording", "cycle"])
     p.add_argument("--cache-dir", default="out/cache")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probe-c", default="cv", type=_probe_c,
+    p.add_argument("--probe-c", default="cv", type=probe_c_arg,
                    help="linear probe C: 'cv' (grouped cross-validation on the training side) or a number")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -78,21 +67,16 @@ def main(argv=None) -> int:
     tr, te = split_by_index(cycles, args.split)
     train, test = cycles.subset(tr), cycles.subset(te)
     feats = {}
-    for name, extra in FEATURES:
+    for name, kind, _ in FEATURES:
         t0 = time.perf_counter()
-        if "logspec" in extra:
-            ftr, fte = logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
-        else:
-            model = _build_model(cfg, state, "random" in extra, args.seed)
-            ftr = extract_features(model, train, cfg.evaluation.batch_size)
-            fte = extract_features(model, test, cfg.evaluation.batch_size)
+        ftr, fte = frozen_features(kind, cfg, state, train, test, args.seed)
         feats[name] = (ftr, fte, time.perf_counter() - t0)
     rows = []
     for protocol in args.protocol:
         common = (f"python -m pahcl.evaluate --checkpoint {args.checkpoint} --train {args.data} --test {args.data} "
                   f"--split-by-index {args.split} --protocol {protocol} --level {args.level}"
                   + (f" --probe-c {args.probe_c}" if protocol == "linear" and args.probe_c != "cv" else ""))
-        for name, extra in FEATURES:
+        for name, _, extra in FEATURES:
             ftr, fte, t_feat = feats[name]
             t0 = time.perf_counter()
             m = evaluate_features(ftr, train.table["label"].tolist(), fte, test.table["label"].tolist(), protocol,
@@ -120,7 +104,7 @@ def main(argv=None) -> int:
               f"| {r['balanced_accuracy']:.3f} "
               f"| {rec} | {r['n']} |")
     lengths = cycle_lengths(train, test, (side_a, side_b))
-    print("\nSegmented cycle length per class and side (s): n cycles, median, fraction < 0.45 s\n")
+    print(f"\nSegmented cycle length per class and side (s): n cycles, median, fraction < {SHORT_S} s\n")
     for r in lengths:
         print(f"    {r['label']:>4} {r['side']:>7}: n {r['n']:4d}  median {r['median_s']:.2f}  short {r['short_frac']:.2f}")
     print("\nCommands (each prints the same metrics as one JSON line):\n")

@@ -43,10 +43,12 @@ __all__ = [
     "choose_probe_c",
     "classification_metrics",
     "extract_features",
+    "frozen_features",
     "knn_scores",
     "knn_predict",
     "linear_probe",
     "logspec_features",
+    "probe_c_arg",
     "recording_level",
     "recording_numbers",
     "split_by_index",
@@ -367,6 +369,26 @@ def _build_model(cfg, state: dict | None, random_init: bool, seed: int):
     return model.eval()
 
 
+def frozen_features(kind: str, cfg, state: dict | None, train, test, seed: int = 0, device="cpu"):
+    """(train features, test features) for ``kind`` in pretrained | random_init | logspec."""
+    if kind == "logspec":
+        return logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
+    model = _build_model(cfg, state, kind == "random_init", seed).to(device)
+    bs = cfg.evaluation.batch_size
+    return extract_features(model, train, bs, device), extract_features(model, test, bs, device)
+
+
+def probe_c_arg(v: str) -> str | float:
+    """argparse type of ``--probe-c``: 'cv' or a number > 0."""
+    try:
+        c = v if v == "cv" else float(v)
+    except ValueError:
+        c = None
+    if c is None or (c != "cv" and not c > 0):
+        raise argparse.ArgumentTypeError(f"{v!r}; allowed: cv or a number > 0")
+    return c
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pahcl.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint .pt (config + weights); optional with --baseline logspec")
@@ -380,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="cycle cache directory (default: none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probe-c", default="cv", metavar="cv|C",
+    p.add_argument("--probe-c", default="cv", metavar="cv|C", type=probe_c_arg,
                    help="linear probe: 'cv' (default) picks C from %s by 5-fold cross-validation on the training "
                         "side, grouped by recording; a number fixes C" % (list(PROBE_CS),))
     p.add_argument("--smoke-test", action="store_true",
@@ -390,13 +412,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.train, args.test, args.random_init = args.train or "synthetic:8", args.test or "synthetic:8", True
     if not args.train or not args.test:
         p.error("--train and --test are required (KIND:PATH) unless --smoke-test")
-    if args.probe_c != "cv":
-        try:
-            args.probe_c = float(args.probe_c)
-        except ValueError:
-            p.error(f"--probe-c: {args.probe_c!r}; allowed: cv or a number > 0")
-        if not args.probe_c > 0:
-            p.error(f"--probe-c: {args.probe_c!r}; allowed: cv or a number > 0")
 
     from pahcl.checkpoint import load_checkpoint
     from pahcl.config import config_from_dict, load_config
@@ -424,14 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train = load_cycles(args.train, cfg.data, cache_dir=args.cache_dir, log=say)
         test = train if args.test == args.train else load_cycles(args.test, cfg.data, cache_dir=args.cache_dir, log=say)
 
-    if args.baseline == "logspec":
-        ftr, fte = logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
-        features = "logspec"
-    else:
-        model = _build_model(cfg, state, args.random_init, args.seed).to(args.device)
-        ftr = extract_features(model, train, cfg.evaluation.batch_size, args.device)
-        fte = extract_features(model, test, cfg.evaluation.batch_size, args.device)
-        features = "random_init" if args.random_init else "pretrained"
+    features = "logspec" if args.baseline == "logspec" else "random_init" if args.random_init else "pretrained"
+    ftr, fte = frozen_features(features, cfg, state, train, test, args.seed, args.device)
     res = evaluate_features(
         ftr, train.table["label"].tolist(), fte, test.table["label"].tolist(), args.protocol, args.level,
         rec_test=test.table["recording_id"].tolist(), k=cfg.evaluation.knn_k,
