@@ -386,6 +386,8 @@ def main(argv=None) -> dict[str, Any]:
              f"{space.data}, results in {results_dir}")
     for n in space.notes:
         _log(f"[space] note: {n}")
+    if meta is None:
+        uri, exp_id = _open_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
     _fit_cpus_to_machine(space, args)
     started_ray = _init_ray(args)  # before any output: a cluster that cannot run a trial is refused first
     _check_cluster_fits(space, args)
@@ -399,7 +401,6 @@ def main(argv=None) -> dict[str, Any]:
     from tune.resources import TrialResources, plan_resources
 
     if meta is None:
-        uri, exp_id = _open_tracking(args, results_dir)  # a bad or unreachable store fails before data prep
         search_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         exp_path = ray_dir / search_id
         if exp_path.exists():
