@@ -147,6 +147,7 @@ class SearchSetupError(ConfigError):
     """A problem the user can fix before any trial runs (exit 2, one line)."""
 
 
+_FORWARD_SIGTERM = False  # set by the CLI: SIGTERM ends the search like Ctrl+C
 _OPEN_PARENT: dict[str, str] = {}  # the MLflow parent run this process opened or reopened (ended on any exit)
 _MADE_DIRS: list[Path] = []  # folders this process created (removed again if empty when it fails)
 
@@ -390,6 +391,8 @@ def main(argv=None) -> dict[str, Any]:
         uri, exp_id = _open_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
     _fit_cpus_to_machine(space, args)
     started_ray = _init_ray(args)  # before any output: a cluster that cannot run a trial is refused first
+    if _FORWARD_SIGTERM:
+        _sigterm_as_ctrl_c()  # again: ray.init() replaced the handler with sys.exit
     _check_cluster_fits(space, args)
 
     stage_dir = results_dir / space.name
@@ -542,6 +545,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
             _log(f"[search]   unfinished: trial {t.trial_id} status {t.status}, "
                  f"epoch {(t.last_result or {}).get('epoch')}")
         client.set_tag(parent, "pahcl.state", "interrupted")
+        _end_leftover_child_runs(uri, exp_id, parent, {t.trial_id: "KILLED" for t in unfinished})
         end_run(uri, parent, "KILLED")
         _log(f"[search] interrupted: {len(trials) - len(unfinished)} of {total} trials finished "
              f"({len(trials)} created). Continue with:\n"
@@ -653,7 +657,9 @@ def _sigterm_as_ctrl_c() -> None:
 
 
 def cli(argv=None) -> int:
+    global _FORWARD_SIGTERM
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _FORWARD_SIGTERM = True
     _sigterm_as_ctrl_c()
     try:
         res = main(argv)

@@ -99,3 +99,38 @@ def test_cpus_per_trial_above_the_machine_is_lowered_not_pending_forever(tmp_pat
     assert f"resources.cpus_per_trial 64 > this machine's {n} CPUs: using {n} per trial" in p.stdout
     meta = json.loads(next((tmp_path / "r" / "test_stage").glob("searches/*/search_meta.json")).read_text())
     assert meta["resources"]["cpus"] == n  # recorded as what ran
+
+
+def test_sigterm_ends_the_search_like_ctrl_c_and_closes_the_parent_run(tmp_path, space_file):
+    """kill (SIGTERM) mid-trial: exit 3 (resumable), the MLflow parent run KILLED, not left RUNNING."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    log = tmp_path / "events.jsonl"
+    space = space_file(num_samples=2, max_epochs=2)
+    stall = [{"kind": "stall", "at_step": 1, "seconds": 120, "marker": str(tmp_path / "stall")}]
+    env = dict(os.environ, PAHCL_FAULTS=json.dumps(stall), PAHCL_FAULTS_LOG=str(log))
+    drv = subprocess.Popen([sys.executable, "tune/run_search.py", "--space", str(space), "--results-dir",
+                            str(tmp_path / "r")], cwd=REPO_ROOT, env=env, stdout=open(tmp_path / "drv.log", "w"),
+                           stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(e["event"] == "fault" for e in read_events(log)):
+            assert drv.poll() is None, (tmp_path / "drv.log").read_text()[-3000:]
+            time.sleep(1)
+        drv.send_signal(signal.SIGTERM)
+        rc = drv.wait(timeout=180)
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+    out = (tmp_path / "drv.log").read_text()
+    assert rc == 3, out[-3000:]
+    meta = json.loads(next((tmp_path / "r" / "test_stage").glob("searches/*/search_meta.json")).read_text())["mlflow"]
+    client = MlflowClient(meta["tracking_uri"])
+    parent = client.get_run(meta["parent_run_id"])
+    assert parent.info.status == "KILLED" and parent.data.tags["pahcl.state"] == "interrupted"
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert kids and all(k.info.status != "RUNNING" for k in kids)
+    assert "--resume" in out

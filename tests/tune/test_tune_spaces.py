@@ -106,6 +106,8 @@ BAD = [
                                                                                             "choices": [8, 16]}}),
       "fixed": {k: v for k, v in BASE_SPACE["fixed"].items() if not k.startswith("training.gradient")
                 and k != "training.batch_size"}}, "effective_batch_size"),
+    ("empty_params", {"params": {}}, "params: empty"),
+    ("data folder missing", {"data": "circor:/no/such/folder"}, "data: data spec"),
 ]
 
 
