@@ -90,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the stage's latest interrupted search")
     p.add_argument("--smoke-test", action="store_true", help="minimal search: tiny preset, 2 trials x 2 epochs")
     p.add_argument("--preset", default=None, help="override the space's preset (auto, full, small, tiny)")
+    p.add_argument("--inherit-anyway", action="store_true", help="inherit from the previous stage even when its "
+                   "search ran on another preset or data (refused otherwise)")
     p.add_argument("--budget", default=None, help="apply a named budget of the space file (e.g. synthetic_cpu)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its latest "
                    "checkpoint (Ray FailureConfig.max_failures; NaN loss / repeated OOM are never retried)")
@@ -230,6 +232,27 @@ def _check_trials_can_run(space, cfg0, n_train: int, local: bool) -> None:
             raise SearchSetupError(f"{e}{where}; data {space.data}") from None
 
 
+def _provenance(space, budget, fingerprint: str) -> dict[str, str]:
+    """What a search ran on: recorded in summary.json so the next stage can check what it inherits."""
+    from pahcl.config import resolve_preset
+
+    return {"budget": str(budget), "preset": resolve_preset(space.preset), "data": space.data,
+            "data_fingerprint": fingerprint}
+
+
+def _check_inherited_data(space, provenance: dict, allow: bool) -> None:
+    """Same data spec, but the files or data settings changed since the inherited search: refused."""
+    prov = space.inherited_provenance or {}
+    theirs = prov.get("data_fingerprint")
+    if not theirs or theirs == provenance["data_fingerprint"]:
+        return
+    msg = (f"inherit.from: {space.inherited_from} ran on {prov.get('data')} with other files or data.* settings "
+           "(fingerprint differs)")
+    if not allow:
+        raise SearchSetupError(f"{msg}; re-run that stage on this data, or pass --inherit-anyway")
+    _log(f"[inherit] WARNING: {msg}; inherited anyway (--inherit-anyway)")
+
+
 def _open_tracking(args, results_dir: Path) -> tuple[str, str]:
     """The tracking URI, checked and reachable, and the experiment id: before any data is prepared."""
     from tune.mlflow_utils import ensure_experiment, resolve_tracking_uri
@@ -362,7 +385,8 @@ def main(argv=None) -> dict[str, Any]:
                "preset": args.preset, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
                "seeds": args.seeds}
     space = load_space(args.space, results_root=results_dir, budget=budget,
-                       cli={k: v for k, v in cli.items() if k != "seeds"}, log=_log)
+                       cli={k: v for k, v in cli.items() if k != "seeds"}, log=_log,
+                       allow_inherit_mismatch=args.inherit_anyway or args.resume)
     seeds = int(cli.get("seeds") or 1)
     budget = space.budget
     if cli.get("data"):
@@ -417,6 +441,8 @@ def main(argv=None) -> dict[str, Any]:
         tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
         _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles (cache {cache_dir})")
         _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
+        provenance = _provenance(space, budget, tr.info.get("fingerprint", ""))
+        _check_inherited_data(space, provenance, args.inherit_anyway)
         res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log)
         tags = {"pahcl.stage": space.name, "pahcl.space_file": str(space.path.relative_to(REPO_ROOT))
                 if space.path.is_relative_to(REPO_ROOT) else str(space.path),
@@ -436,6 +462,7 @@ def main(argv=None) -> dict[str, Any]:
         state_dir = stage_dir / "searches" / search_id
         state_dir.mkdir(parents=True, exist_ok=True)
         meta = {"search_id": search_id, "space": str(space.path), "space_hash": h, "budget": budget, "cli": cli,
+                "provenance": provenance,
                 "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
                 "mlflow": mlflow_ids, "consts": consts, "total_trials": space.num_samples * seeds,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -567,7 +594,8 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
             _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
     except Exception as e:  # noqa: BLE001
         mlflow_down = e
-    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["consts"]["base_tree"], log=_log)
+    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["consts"]["base_tree"], log=_log,
+                        provenance=meta.get("provenance"))
     df, agg = out["df"], out["agg"]
     plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=None if mlflow_down else uri, log=_log)
     wall = time.time() - t_start

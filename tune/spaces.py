@@ -144,6 +144,7 @@ class Space:
     effective_batch_size: int | None = None
     inherited: dict[str, Any] = field(default_factory=dict)
     inherited_from: str | None = None
+    inherited_provenance: dict | None = None  # budget, preset, data, data_fingerprint of the inherited search
     budget: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -385,8 +386,9 @@ def _parse_dist(key: str, spec, inherited: Mapping[str, Any]) -> Dist:
 # ----------------------------------------------------------------------------- inheritance
 
 
-def previous_stage_best(results_root: Path, stage: str) -> tuple[dict[str, Any], str] | None:
-    """The best trial's overrides of ``stage`` from its saved summary (or results CSV)."""
+def previous_stage_best(results_root: Path, stage: str) -> tuple[dict[str, Any], str, dict | None] | None:
+    """(the best trial's overrides, where from, the search's provenance or None) of ``stage`` from its saved
+    summary (or, without one, the ranked results CSV, which records no provenance)."""
     d = Path(results_root) / stage
     summary = d / "summary.json"
     if summary.exists():
@@ -396,7 +398,7 @@ def previous_stage_best(results_root: Path, stage: str) -> tuple[dict[str, Any],
             return dict(best["overrides"]), (
                 f"{summary} (search {s.get('search_id')}, trial {best.get('trial_id')}, "
                 f"{s.get('metric')}={best.get('metric_value')})"
-            )
+            ), s.get("provenance")
         except (ValueError, KeyError, TypeError) as e:
             warnings.warn(f"inherit: cannot read {summary} ({e}); trying the results CSV", stacklevel=2)
     csv = d / "results.csv"
@@ -407,14 +409,37 @@ def previous_stage_best(results_root: Path, stage: str) -> tuple[dict[str, Any],
         if len(df):
             row = df.iloc[0]  # the CSV is ranked best first
             ov = {c[len("param:"):]: _plain(row[c]) for c in df.columns if c.startswith("param:")}
-            return ov, f"{csv} (rank 1, trial {row.get('trial_id')})"
+            return ov, f"{csv} (rank 1, trial {row.get('trial_id')})", None
     return None
 
 
-def resolve_inheritance(raw: dict, results_root: Path, log: Callable[[str], None]) -> tuple[dict, str | None]:
+def check_provenance(src: str, prov: dict | None, preset: str, data: str, allow: bool,
+                     log: Callable[[str], None]) -> None:
+    """A stage inherits only from a search on the same preset and data (a CPU-budget tiny stage 1 must not
+    silently set the lr of a full-size GPU stage 2); ``allow`` (--inherit-anyway) turns the refusal into a
+    warning. The data files' fingerprint is checked by the driver once the data is prepared."""
+    from pahcl.config import resolve_preset
+
+    if prov is None:
+        log(f"[inherit] WARNING: {src}'s summary records no preset or data (written by an older version); "
+            "cannot check that they match this stage")
+        return
+    mine = {"preset": resolve_preset(preset), "data": data}
+    diff = [f"{k} {prov.get(k)!r} there, {v!r} here" for k, v in mine.items() if prov.get(k) != v]
+    if not diff:
+        return
+    msg = (f"inherit.from {src}: its best trial ran with another {' and '.join(d.split()[0] for d in diff)} "
+           f"({'; '.join(diff)})")
+    if not allow:
+        raise SpaceError(f"{msg}. Run {src} with the same --data/--preset/--budget first, or pass --inherit-anyway")
+    log(f"[inherit] WARNING: {msg}; inherited anyway (--inherit-anyway)")
+
+
+def resolve_inheritance(raw: dict, results_root: Path, log: Callable[[str], None], preset: str = "auto",
+                        data: str = "synthetic", allow_mismatch: bool = False) -> tuple[dict, str | None, dict | None]:
     inh = _check_section("inherit", raw.get("inherit"))
     if not inh:
-        return {}, None
+        return {}, None, None
     src = inh.get("from")
     if not isinstance(src, str) or not src:
         raise SpaceError("inherit.from: expected the name of the previous stage, e.g. simclr_stage1")
@@ -439,8 +464,9 @@ def resolve_inheritance(raw: dict, results_root: Path, log: Callable[[str], None
         warnings.warn(msg, stacklevel=2)
         log(f"[inherit] WARNING: {msg}")
         out.update(use)
-        return out, "recommended defaults"
-    best, where = found
+        return out, "recommended defaults", None
+    best, where, prov = found
+    check_provenance(src, prov, preset, data, allow_mismatch, log)
     for k in keys:
         if k in best:
             out[k] = best[k]
@@ -448,7 +474,7 @@ def resolve_inheritance(raw: dict, results_root: Path, log: Callable[[str], None
             out[k] = defaults[k]
             log(f"[inherit] WARNING: {k} not in {src}'s best trial; using recommended default {defaults[k]}")
     log(f"[inherit] from {where}: " + ", ".join(f"{k}={v}" for k, v in out.items()))
-    return out, where
+    return out, where, prov
 
 
 # ----------------------------------------------------------------------------- validation
@@ -461,6 +487,7 @@ def load_space(
     budget: str | None = None,
     cli: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    allow_inherit_mismatch: bool = False,
 ) -> Space:
     """Load, merge the budget, inherit, validate. ``cli`` overrides num_samples/max_epochs/data/preset."""
     path, raw = load_space_raw(name_or_path, budget)
@@ -540,7 +567,8 @@ def load_space(
         if "training.gradient_accumulation_steps" in fixed:
             raise SpaceError("fixed.training.gradient_accumulation_steps: derived from derived.effective_batch_size")
 
-    inherited, inherited_from = resolve_inheritance(raw, Path(results_root), log)
+    inherited, inherited_from, inherited_prov = resolve_inheritance(
+        raw, Path(results_root), log, preset=preset, data=data, allow_mismatch=allow_inherit_mismatch)
     params: dict[str, Dist] = {k: _parse_dist(k, v, inherited) for k, v in params_raw.items()}
     for k in sorted(set(inherited) & set(fixed)):
         if inherited[k] != fixed[k]:
@@ -561,6 +589,7 @@ def load_space(
         mode=mode, num_samples=num_samples, max_epochs=max_epochs, seed=seed, max_concurrent_trials=mct,
         grace_period=grace, reduction_factor=rf, cpus_per_trial=cpus, gpus_per_trial=gpus, fixed=fixed,
         params=params, effective_batch_size=eff, inherited=inherited, inherited_from=inherited_from, budget=budget,
+        inherited_provenance=inherited_prov,
     )
     _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
     _validate_against_config(sp)

@@ -186,7 +186,7 @@ def best_row(df: pd.DataFrame, agg: pd.DataFrame) -> pd.Series:
 
 
 def write_outputs(rows, space, out_dirs: list[Path], search_id: str, base_tree: dict,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, provenance: dict | None = None) -> dict[str, Any]:
     """Ranked CSV, groups CSV, best config YAML, summary.json in every dir of ``out_dirs``."""
     from pahcl.config import build_config, dump_config
 
@@ -203,6 +203,7 @@ def write_outputs(rows, space, out_dirs: list[Path], search_id: str, base_tree: 
         "search_id": search_id, "stage": space.name, "space_file": str(space.path), "metric": space.metric,
         "mode": space.mode, "max_epochs": space.max_epochs, "num_trials": len(df),
         "inherited": space.inherited, "inherited_from": space.inherited_from,
+        "provenance": provenance,  # budget, preset, data, data_fingerprint: checked by the stages that inherit
         "best": {"trial_id": best["trial_id"], "config": int(best["config"]),
                  "metric_value": float(best[space.metric]),
                  "seed_mean": float(agg.loc[0, "mean"]), "seed_std": float(agg.loc[0, "std"]),

@@ -257,3 +257,50 @@ def test_gpus_auto_packs_by_measured_peak(tmp_path, monkeypatch):
     assert res.gpu_fraction * 80 * 2**30 >= 10 * 2**30  # each trial's cap holds the measured peak
     assert "6 trial(s) per GPU" in logs[0]
     assert seen["overrides"]["model.moco_momentum"] == 0.99  # non-memory keys: first candidate
+
+
+def _stage1_summary(root, provenance):
+    prev = root / "simclr_stage1"
+    prev.mkdir(parents=True)
+    (prev / "summary.json").write_text(json.dumps({"search_id": "s1", "metric": "val/knn_acc", "provenance": provenance,
+        "best": {"trial_id": "t1", "metric_value": 0.5, "overrides": {
+            "training.learning_rate": 1e-3, "training.warmup_epochs": 2, "training.batch_size": 8,
+            "training.gradient_accumulation_steps": 2}}}))
+
+
+def test_inheriting_from_another_preset_or_data_is_refused_unless_asked(tmp_path):
+    """A tiny-preset CPU stage 1 must not silently set a stage 2 on another preset or data (issue 12)."""
+    _stage1_summary(tmp_path, {"budget": "synthetic_cpu", "preset": "tiny", "data": "synthetic:40",
+                               "data_fingerprint": "f" * 64})
+    with pytest.raises(SpaceError, match=r"inherit\.from simclr_stage1: .*preset 'tiny' there, 'small' here.*"
+                                         r"--inherit-anyway"):
+        load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", cli={"preset": "small"},
+                   log=lambda m: None)
+    with pytest.raises(SpaceError, match=r"data 'synthetic:40' there, 'synthetic:64' here"):
+        load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", cli={"data": "synthetic:64"},
+                   log=lambda m: None)
+    msgs = []
+    sp = load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", cli={"preset": "small"},
+                    log=msgs.append, allow_inherit_mismatch=True)
+    assert sp.fixed["training.batch_size"] == 8 and any("inherited anyway" in m for m in msgs)
+    same = load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", log=lambda m: None)
+    assert same.inherited_provenance["data_fingerprint"] == "f" * 64
+
+
+def test_summary_without_provenance_is_inherited_with_a_warning(tmp_path):
+    _stage1_summary(tmp_path, None)
+    msgs = []
+    load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", log=msgs.append)
+    assert any("records no preset or data" in m for m in msgs)
+
+
+def test_changed_data_files_under_the_same_spec_are_refused(tmp_path):
+    from tune.run_search import SearchSetupError, _check_inherited_data
+
+    _stage1_summary(tmp_path, {"budget": "synthetic_cpu", "preset": "tiny", "data": "synthetic:40",
+                               "data_fingerprint": "a" * 64})
+    sp = load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", log=lambda m: None)
+    _check_inherited_data(sp, {"data_fingerprint": "a" * 64}, allow=False)  # same files: fine
+    with pytest.raises(SearchSetupError, match="fingerprint differs.*--inherit-anyway"):
+        _check_inherited_data(sp, {"data_fingerprint": "b" * 64}, allow=False)
+    _check_inherited_data(sp, {"data_fingerprint": "b" * 64}, allow=True)
