@@ -600,8 +600,10 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
     plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=None if mlflow_down else uri, log=_log)
     wall = time.time() - t_start
     _log("")
-    print_table(df, space, log=_log, title=f"== {space.name}: {len(df)} trials, ranked by {space.metric} ({space.mode}) "
-                f"at each trial's last epoch; {int(df['stopped_early'].sum()) if len(df) else 0} stopped early by ASHA ==")
+    print_table(df, space, log=_log, title=f"== {space.name}: {len(df)} trials, ranked by {space.metric} ({space.mode}): "
+                f"finished trials by their final value, then the {int(df['stopped_early'].sum()) if len(df) else 0} "
+                f"stopped early by ASHA by the rung they reached; column @{space.grace_period}: every trial at "
+                f"ASHA's first rung ==")
     if seeds > 1 and len(agg):
         import pandas as pd
 

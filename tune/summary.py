@@ -86,6 +86,31 @@ def no_result_reason(rows: list[dict]) -> str | None:
     return f"none of the {len(rows)} trials reported the metric"
 
 
+def first_rung_column(space) -> str:
+    """The column that compares every trial at one epoch: ASHA's first rung (``grace_period``)."""
+    return f"{space.metric}@{space.grace_period}"
+
+
+def metric_at_epoch(hist: pd.DataFrame, metric: str, epoch: int) -> float:
+    """The trial's ``metric`` reported at ``epoch`` (NaN when it never got there)."""
+    if hist is None or hist.empty or metric not in hist or "epoch" not in hist:
+        return float("nan")
+    at = hist.loc[hist["epoch"] == epoch, metric].dropna()
+    return float(at.iloc[-1]) if len(at) else float("nan")
+
+
+def fair_order(df: pd.DataFrame, metric: str, mode: str) -> list[int]:
+    """Row order of the ranking: trials are compared at the same fidelity. Trials that ran longest come
+    first (those that finished, by their final value), then trials ASHA stopped at a later rung before those
+    it stopped earlier (each by its value at the rung where it was judged); so an early value never
+    outranks a finished trial's final value. Errored trials (NaN loss, OOM, a crash beyond max_failures)
+    come last whatever they reported before failing: they can never be the best."""
+    sign = -1.0 if mode == "max" else 1.0
+    keys = [(r["status"] == "ERROR", -float(r["epochs"]), (sign * r[metric]) if math.isfinite(r[metric]) else math.inf, i)
+            for i, r in df.reset_index(drop=True).iterrows()]
+    return [k[-1] for k in sorted(keys)]
+
+
 def _key(params: dict) -> str:
     return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
 
@@ -105,17 +130,14 @@ def rank_trials(rows: list[dict], space) -> pd.DataFrame:
             if f"param:{k}" not in rec:
                 rec[f"param:{k}"] = v
         rec.update({"seed_index": r["seed_index"], space.metric: r["metric"], "best_" + space.metric: r["best_metric"],
+                    first_rung_column(space): metric_at_epoch(r["history"], space.metric, space.grace_period),
                     "epochs": r["epochs"], "stopped_early": r["stopped_early"], "status": r["status"],
                     "config_id": _key(r["params"]), "mlflow_run_id": r["mlflow_run_id"]})
         recs.append(rec)
     df = pd.DataFrame(recs)
     if df.empty:
         return df
-    asc = space.mode == "min"
-    df = df.sort_values(space.metric, ascending=asc, na_position="last", kind="mergesort")
-    # an errored trial (NaN loss, OOM, crash beyond max_failures) ranks after every good one, whatever it
-    # reported before failing: it can never be the best
-    df = df.sort_values("status", key=lambda s: s == "ERROR", kind="mergesort").reset_index(drop=True)
+    df = df.iloc[fair_order(df, space.metric, space.mode)].reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     # config_id -> short group number in order of first appearance in the ranking
     gid = {c: i + 1 for i, c in enumerate(dict.fromkeys(df["config_id"]))}
@@ -138,7 +160,9 @@ def aggregate_seeds(df: pd.DataFrame, space) -> pd.DataFrame:
     first = g[pcols].first().reset_index()
     agg = agg.merge(first, on="config")
     asc = space.mode == "min"
-    agg = agg.sort_values("mean", ascending=asc, na_position="last").reset_index(drop=True)
+    # like the trials: configurations that ran to the end rank before those ASHA stopped earlier
+    agg = agg.sort_values(["epochs", "mean"], ascending=[False, asc], na_position="last",
+                          kind="mergesort").reset_index(drop=True)
     best_mean, best_std = agg.loc[0, "mean"], agg.loc[0, "std"]
     verdict = []
     for i, row in agg.iterrows():
@@ -169,7 +193,7 @@ def print_table(df: pd.DataFrame, space, log: Callable[[str], None] = print, tit
             searched.append("param:training.gradient_accumulation_steps")
         cols = ["rank", "trial_id"] + [c for c in searched if c in df.columns] + \
                (["seed_index"] if df["seed_index"].nunique() > 1 else []) + \
-               [space.metric, "epochs", "stopped_early", "status"]
+               [space.metric, first_rung_column(space), "epochs", "stopped_early", "status"]
         show = df[cols].rename(columns={c: c[len("param:"):].split(".")[-1] for c in cols if c.startswith("param:")})
         with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4g}".format):
             text = show.to_string(index=False)

@@ -304,3 +304,4 @@ def test_changed_data_files_under_the_same_spec_are_refused(tmp_path):
     with pytest.raises(SearchSetupError, match="fingerprint differs.*--inherit-anyway"):
         _check_inherited_data(sp, {"data_fingerprint": "b" * 64}, allow=False)
     _check_inherited_data(sp, {"data_fingerprint": "b" * 64}, allow=True)
+

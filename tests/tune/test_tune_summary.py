@@ -1,0 +1,38 @@
+"""tune/summary.py: ranking at the same fidelity, the one-line reason when no trial produced the metric."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tune.summary import error_line, fair_order, metric_at_epoch, no_result_reason
+
+
+def test_ranking_never_lets_an_early_value_outrank_a_finished_trial():
+    """ASHA-stopped trials are compared at their rung, finished ones at the final epoch (issue 12 item 3)."""
+    df = pd.DataFrame({"trial_id": list("abcdef"), "val/knn_acc": [0.9, 0.5, 0.6, 0.95, 0.7, 0.99],
+                       "epochs": [2, 6, 6, 4, 4, 1], "status": ["TERMINATED"] * 5 + ["ERROR"]})
+    order = df.iloc[fair_order(df, "val/knn_acc", "max")]["trial_id"].tolist()
+    # finished (6 epochs) by final value, then stopped at rung 4, then stopped at rung 2, errored last
+    assert order == ["c", "b", "d", "e", "a", "f"]
+    order_min = df.iloc[fair_order(df, "val/knn_acc", "min")]["trial_id"].tolist()
+    assert order_min == ["b", "c", "e", "d", "a", "f"]
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "val/knn_acc": [0.1, 0.2, 0.3]})
+    assert metric_at_epoch(hist, "val/knn_acc", 2) == 0.2
+    assert math.isnan(metric_at_epoch(hist, "val/knn_acc", 5))
+
+
+def test_error_line_is_the_original_exception_without_the_retry_note():
+    wrapped = RuntimeError("ray::ImplicitFunc.train()\n  File x\nRuntimeError: DataSpecError: data spec 'c': folder "
+                           "x [not retried: this failure repeats from the same checkpoint]")
+    assert error_line(wrapped) == "DataSpecError: data spec 'c': folder x"
+    tb = RuntimeError("Traceback\n  File y\npahcl.data.readers.DataSpecError: data spec 'c': no folder")
+    assert error_line(tb) == "pahcl.data.readers.DataSpecError: data spec 'c': no folder"
+
+
+def test_no_result_reason_names_the_first_trials_error():
+    ok = {"metric": 0.5, "error": "", "trial_name": "t_1", "trial_id": "a"}
+    bad = [{"metric": float("nan"), "error": f"E{i}: x", "trial_name": f"t_{i}", "trial_id": f"id{i}"} for i in (2, 1)]
+    assert no_result_reason([ok, *bad]) is None
+    assert no_result_reason(bad) == "all 2 trials failed; first error (trial id1): E1: x"
+    assert no_result_reason([]) == "no trial ran"
