@@ -90,7 +90,10 @@ def test_asha_search_logs_parent_and_nested_runs_to_server(ray_session, space_fi
     stage_dir = tmp_path / "results" / "test_stage"
     ranked = pd.read_csv(stage_dir / "results.csv")
     assert list(ranked["rank"]) == list(range(1, 7))
-    assert ranked["val/knn_acc"].is_monotonic_decreasing
+    # same fidelity first: epochs never increase down the table; within one epoch count, by value
+    assert ranked["epochs"].is_monotonic_decreasing
+    for _, grp in ranked.groupby("epochs", sort=False):
+        assert grp["val/knn_acc"].is_monotonic_decreasing, ranked[["trial_id", "epochs", "val/knn_acc"]]
     assert (stage_dir / "best_config.yaml").exists()
     summary = json.loads((stage_dir / "summary.json").read_text())
     assert summary["best"]["trial_id"] == ranked.loc[0, "trial_id"]
