@@ -524,9 +524,11 @@ def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
 
     from tune.mlflow_utils import EndChildRunsCallback, InterruptAfterTrials
     from tune.schedulers import PersistentASHA
+    from tune.searchers import NoRepeatSearcher
 
     sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(2, min(10, space.num_samples // 2)))
     searcher = OptunaSearch(space=space.optuna_space(), metric=space.metric, mode=space.mode, sampler=sampler)
+    searcher = NoRepeatSearcher(searcher, grid=space.grid(), seed=space.seed)  # a repeat trains nothing new
     if seeds > 1:
         searcher = Repeater(searcher, repeat=seeds, set_index=True)  # config["__trial_index__"] = seed index
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials)

@@ -171,6 +171,15 @@ class Space:
     def optuna_space(self) -> dict:
         return {k: d.to_optuna() for k, d in self.params.items()}
 
+    def grid(self) -> list[dict] | None:
+        """Every configuration of an all-categorical space (None when a parameter is continuous)."""
+        if any(d.type != "categorical" for d in self.params.values()):
+            return None
+        import itertools
+
+        keys = sorted(self.params)
+        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.params[k].choices for k in keys))]
+
     def largest_warmup(self) -> int:
         key = "training.warmup_epochs"
         if key in self.params:
@@ -592,6 +601,7 @@ def load_space(
         inherited_provenance=inherited_prov,
     )
     _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
+    _cap_samples_at_grid(sp, log)
     _validate_against_config(sp)
     return sp
 
@@ -622,6 +632,18 @@ def _validate_against_config(sp: Space) -> None:
                 raise SpaceError(f"params.{k}: value {v!r}: {e}") from None
             except ConfigError as e:
                 raise SpaceError(f"params.{k}: value {v!r} is not allowed by the config: {e}") from None
+
+
+def _cap_samples_at_grid(sp: Space, log: Callable[[str], None]) -> None:
+    """Training is deterministic for a seed: a configuration sampled twice adds nothing. An all-categorical
+    space with fewer configurations than num_samples runs each once (``--seeds`` measures seed spread)."""
+    grid = sp.grid()
+    if grid is not None and sp.num_samples > len(grid):
+        msg = (f"num_samples {sp.num_samples} > the {len(grid)} configurations of this all-categorical space: "
+               f"lowered to {len(grid)}, each trained once (use --seeds N for seed spread)")
+        log(f"[space] {msg}")
+        sp.notes.append(msg)
+        sp.num_samples = len(grid)
 
 
 def _adjust_grace(sp: Space, log: Callable[[str], None]) -> None:
