@@ -556,7 +556,9 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
     uri = meta["mlflow"]["tracking_uri"]
     exp_id, parent = meta["mlflow"]["experiment_id"], meta["mlflow"]["parent_run_id"]
     client = _client(uri)
-    trials = list(getattr(grid, "_experiment_analysis").trials)
+    from tune.ray_compat import experiment_trials
+
+    trials = experiment_trials(grid)
     # After Ctrl+C, Ray shows the trials it had to stop as TERMINATED too: a trial is complete when it
     # errored, reached max_epochs, or was stopped by ASHA (recorded in asha_state.json).
     from tune.schedulers import stopped_trial_ids

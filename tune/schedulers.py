@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler
 
+from tune.ray_compat import asha_num_stopped, asha_rungs, set_asha_num_stopped
+
 
 class PersistentASHA(ASHAScheduler):
     def __init__(self, *args, state_file: str | None = None, **kwargs):
@@ -25,8 +27,8 @@ class PersistentASHA(ASHAScheduler):
 
     # -- persistence
     def _snapshot(self) -> dict:
-        return {"brackets": [[[m, dict(rec)] for m, rec in b._rungs] for b in self._brackets],
-                "num_stopped": self._num_stopped, "stopped": list(self.stopped_ids)}
+        return {"brackets": [[[m, dict(rec)] for m, rec in rungs] for rungs in asha_rungs(self)],
+                "num_stopped": asha_num_stopped(self), "stopped": list(self.stopped_ids)}
 
     def _dump(self) -> None:
         if not self.state_file:
@@ -46,17 +48,17 @@ class PersistentASHA(ASHAScheduler):
             snap = json.loads(Path(self.state_file).read_text())
         except ValueError:
             return
-        for b, rungs in zip(self._brackets, snap.get("brackets", [])):
+        for live, rungs in zip(asha_rungs(self), snap.get("brackets", [])):
             saved = {float(m): rec for m, rec in rungs}
-            for m, rec in b._rungs:
+            for m, rec in live:
                 rec.update({k: float(v) for k, v in saved.get(float(m), {}).items()})
-        self._num_stopped = int(snap.get("num_stopped", 0))
+        set_asha_num_stopped(self, int(snap.get("num_stopped", 0)))
         self.stopped_ids = list(dict.fromkeys(list(snap.get("stopped", [])) + self.stopped_ids))
-        n = sum(len(rec) for b in self._brackets for _, rec in b._rungs)
+        n = self.restored_records()
         print(f"[asha] restored {n} rung records from {self.state_file}")
 
     def restored_records(self) -> int:
-        return sum(len(rec) for b in self._brackets for _, rec in b._rungs)
+        return sum(len(rec) for rungs in asha_rungs(self) for _, rec in rungs)
 
     # -- scheduler hooks
     def on_trial_add(self, tune_controller, trial):

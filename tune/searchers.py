@@ -15,6 +15,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from tune.ray_compat import optuna_study
+
 
 def config_key(config: dict) -> str:
     return json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True, default=str)
@@ -66,7 +68,7 @@ class NoRepeatSearcher(Searcher):
         if self.grid is None:
             return
         unseen = [c for c in self.grid if config_key(c) not in self._seen]
-        study = getattr(self.searcher, "_ot_study", None)  # OptunaSearch's study (Ray 2.60): no public handle
+        study = optuna_study(self.searcher)
         if unseen and study is not None:
             study.enqueue_trial(self._rng.choice(unseen))
 

@@ -85,12 +85,9 @@ DETERMINISTIC_ERRORS = _deterministic_errors()  # user errors: retrying cannot f
 
 def _storage_trial_dir() -> Path | None:
     """The trial's directory under the experiment (where Ray persists its checkpoints), or None."""
-    try:
-        from ray.train._internal.session import get_session
+    from tune.ray_compat import trial_storage_dir
 
-        return Path(get_session().storage.trial_fs_path)
-    except Exception:  # noqa: BLE001 - private API; only used for markers and checkpoint fallback
-        return None
+    return trial_storage_dir()
 
 
 def restore_latest_good(trainer_factory, ckpt, log) -> tuple[Any, str | None, list[str]]:
