@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from tune.summary import error_line, fair_order, metric_at_epoch, no_result_reason
 
@@ -36,3 +37,19 @@ def test_no_result_reason_names_the_first_trials_error():
     assert no_result_reason([ok, *bad]) is None
     assert no_result_reason(bad) == "all 2 trials failed; first error (trial id1): E1: x"
     assert no_result_reason([]) == "no trial ran"
+
+
+def test_seed_aggregation_and_its_within_noise_verdict():
+    from types import SimpleNamespace
+
+    from tune.summary import aggregate_seeds
+
+    space = SimpleNamespace(metric="m", mode="max")
+    df = pd.DataFrame({"config": [1, 1, 2, 2, 3, 3, 4], "param:lr": [1, 1, 2, 2, 3, 3, 4],
+                       "m": [0.80, 0.90, 0.84, 0.80, 0.50, 0.52, 0.95], "epochs": [6, 6, 6, 6, 6, 6, 6],
+                       "status": ["TERMINATED"] * 6 + ["ERROR"]})
+    agg = aggregate_seeds(df, space).set_index("config")
+    assert agg.loc[1, "vs_best"] == "best" and agg.loc[1, "mean"] == pytest.approx(0.85) and agg.loc[1, "n_seeds"] == 2
+    assert agg.loc[2, "vs_best"] == "within noise"  # 0.82 vs 0.85: inside the seed spread (std 0.071)
+    assert agg.loc[3, "vs_best"] == "worse (beyond seed spread)"
+    assert agg.loc[4, "n_seeds"] == 0 and agg.loc[4, "vs_best"] == "no result"  # errored: not counted
