@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -24,7 +25,18 @@ PRESET_DIR = CONFIG_DIR / "presets"
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or is out of range."""
+    """A configuration key is unknown, has the wrong type, or is out of range.
+
+    The message is cut to ``MAX_MESSAGE`` characters: a value shown with ``!r`` can be large (a YAML alias
+    tree within ``MAX_YAML_NODES``), and an error is one readable line, never megabytes."""
+
+    MAX_MESSAGE = 2000
+
+    def __init__(self, message: object = "", *args):
+        text = str(message)
+        if len(text) > self.MAX_MESSAGE:
+            text = f"{text[:self.MAX_MESSAGE]} ... [message cut: {len(text)} characters]"
+        super().__init__(text, *args)
 
 
 def _f(default, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, length=None, help=""):
@@ -304,7 +316,23 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"training.warmup_epochs: {t.warmup_epochs} must not exceed training.num_epochs ({t.num_epochs})"
         )
+    _check_loss_weights(cfg.loss)
     return cfg
+
+
+class ConfigWarning(UserWarning):
+    """A valid but unusual setting (shown once per process by Python's default warning filter)."""
+
+
+def _check_loss_weights(loss: LossConfig) -> None:
+    """Both weights 0 train a zero loss (nothing learns): refused. One of them 0 switches that loss off: warned."""
+    if loss.lambda_cycle == 0 and loss.lambda_sub == 0:
+        raise ConfigError("loss.lambda_cycle and loss.lambda_sub: both 0 make the training loss 0 (nothing learns); "
+                          "set at least one of them > 0")
+    for key, other in (("lambda_cycle", "sub-structure"), ("lambda_sub", "cycle-level")):
+        if getattr(loss, key) == 0:
+            warnings.warn(f"loss.{key}=0: that loss is off, only the {other} loss trains", ConfigWarning,
+                          stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -319,9 +347,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+        value = yaml.load(raw, Loader=LimitedSafeLoader) if raw.strip() else raw  # noqa: S506 - safe + limited
+    except (yaml.YAMLError, _YamlLimit, RecursionError) as e:
+        raise ConfigError(f"{key}: cannot parse value {raw[:200]!r}: {e or type(e).__name__}") from None
     return key, value
 
 
@@ -349,14 +377,66 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+MAX_YAML_BYTES = 1 << 20   # configuration and space files are a few KB; refuse anything over 1 MiB unread
+MAX_YAML_NODES = 100_000   # nodes after alias expansion ("billion laughs": 1 KB of aliases = 10^9 nodes)
+
+
+class _YamlLimit(Exception):
+    pass
+
+
+def _expanded_nodes(node, memo: dict, active: set) -> int:
+    """Nodes in ``node`` with every alias expanded (shared subtrees counted each time they are used)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _YamlLimit("an alias refers to a node that contains it (recursive structure)")
+    active.add(key)
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_nodes(c, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_nodes(k, memo, active) + _expanded_nodes(v, memo, active) for k, v in node.value)
+    active.discard(key)
+    if n > MAX_YAML_NODES:
+        raise _YamlLimit(f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded")
+    memo[key] = n
+    return n
+
+
+class LimitedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose alias expansion exceeds ``MAX_YAML_NODES`` nodes,
+    counted on the composed node graph before any Python object is built."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None:
+            _expanded_nodes(node, {}, set())
+        return node
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file", error: type[ValueError] = ConfigError) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``; every failure is ``error`` naming ``what`` and the path."""
+    """Read a YAML mapping (safe: no Python tags; limited: ``MAX_YAML_BYTES``, ``MAX_YAML_NODES`` after alias
+    expansion); every failure is ONE short ``error`` naming ``what`` and the path."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:  # read at most the limit + 1 byte (also for /dev/zero, a FIFO...)
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as e:
         raise error(f"{what} {path}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise error(f"{what} {path}: larger than {MAX_YAML_BYTES} bytes (1 MiB); configuration files are a few KB "
+                    "- give the right file") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path}: not UTF-8 text (byte {e.start}); give a YAML file") from None
+    try:
+        data = yaml.load(text, Loader=LimitedSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except _YamlLimit as e:
+        raise error(f"{what} {path}: refused: {e}; write the values out instead of nesting aliases") from None
+    except RecursionError:
+        raise error(f"{what} {path}: refused: nested too deeply") from None
     except yaml.YAMLError as e:
         raise error(f"{what} {path}: not valid YAML (safe_load refuses tags like !!python/...): {e}") from None
     if data is None:
@@ -429,6 +509,7 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 __all__ = [
     "Config",
     "ConfigError",
+    "ConfigWarning",
     "DEFAULT_CONFIG",
     "available_presets",
     "build_config",

@@ -465,6 +465,9 @@ def _run(argv: Sequence[str] | None = None) -> int:
         tr_idx, te_idx = split_by_index(allc, args.split_by_index)
         train, test = allc.subset(tr_idx), allc.subset(te_idx)
     else:
+        if args.test == args.train:  # kNN then finds each test cycle's own copy in the bank
+            say(f"WARNING: --train and --test are the same spec ({args.train}): the score is measured on the training "
+                "set itself; use --split-by-index A-B:C-D or a different --test for a held-out score")
         train = load_cycles(args.train, cfg.data, cache_dir=args.cache_dir, log=say)
         test = train if args.test == args.train else load_cycles(args.test, cfg.data, cache_dir=args.cache_dir, log=say)
 
@@ -477,6 +480,7 @@ def _run(argv: Sequence[str] | None = None) -> int:
         rec_train=train.table["recording_id"].tolist(),
     )
     res["features"] = features
+    res["test_is_train"] = bool(args.test == args.train and not args.split_by_index)  # recorded in the JSON too
     print(json.dumps(res))
     return 0
 

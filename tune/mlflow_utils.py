@@ -64,7 +64,22 @@ def resolve_tracking_uri(cli_uri: str | None, results_dir: Path) -> str:
 
 
 def ensure_experiment(uri: str, results_dir: Path, name: str = EXPERIMENT_NAME) -> str:
-    """Create the DB (schema migration) and the experiment ONCE, in the driver, before any trial starts."""
+    """Create the DB (schema migration) and the experiment ONCE, in the driver, before any trial starts.
+    A local sqlite store is created under an exclusive file lock beside the DB: two searches started together
+    on a fresh folder otherwise both run MLflow's schema migration (alembic "CommandError: Online migration
+    expected to match one row") or both create the experiment."""
+    if not uri.startswith("sqlite:"):
+        return _ensure_experiment(uri, results_dir, name)
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed (also if this process dies)
+        return _ensure_experiment(uri, results_dir, name)
+
+
+def _ensure_experiment(uri: str, results_dir: Path, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -143,9 +158,11 @@ class BatchLogger:
     """
 
     def __init__(self, uri: str, run_id: str | None, flush_seconds: float = 5.0, background: bool = True,
-                 on_warning=None, warned: bool = False):
+                 on_warning=None, warned: bool = False, logged: Mapping[str, set[int]] | None = None):
         self.client = _client(uri)
         self.run_id = run_id
+        self.logged = logged or {}   # key -> steps the run already has (a resumed trial): not sent again
+        self.skipped = 0
         self.flush_seconds = flush_seconds
         self._buf: list = []
         self._last = time.monotonic()
@@ -181,6 +198,9 @@ class BatchLogger:
                 continue
             v = float(v)
             if v != v or v in (float("inf"), float("-inf")):
+                continue
+            if int(step) in self.logged.get(k, ()):
+                self.skipped += 1
                 continue
             with self._buf_lock:
                 self._buf.append(Metric(k, v, ts, int(step)))
@@ -283,6 +303,15 @@ class MLflowStepCallback:
         self.logger.add(metrics, int(metrics.get("epoch", trainer.epoch)),
                         [k for k in metrics if k != "step"])
         self.logger.flush_safe(block=False)
+
+
+def logged_points(client, run_id: str) -> dict[str, set[int]]:
+    """Steps the run already holds, per metric key. A trial resumed from its epoch-e checkpoint re-runs the
+    steps after it; points the interrupted attempt had already sent (mid-epoch background flushes, or the
+    epoch metrics flushed just before a report that never persisted) are then skipped by ``BatchLogger``,
+    so every step and epoch is logged once. The re-run computes the same values (resume restores the RNG)."""
+    keys = list(client.get_run(run_id).data.metrics)
+    return {k: {int(m.step) for m in client.get_metric_history(run_id, k)} for k in keys}
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:

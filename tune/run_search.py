@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -70,6 +71,16 @@ META_NAME = "search_meta.json"
 ASHA_STATE = "asha_state.json"
 
 
+class _GivenOnly(argparse.Namespace):
+    """argparse fills in a default only for attributes the namespace lacks: this one 'has' them all, so
+    after parsing its ``vars()`` hold exactly the options given on the command line."""
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # argparse's own bookkeeping attributes
+            raise AttributeError(name)
+        return _GivenOnly
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tune/run_search.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its latest "
                    "checkpoint (Ray FailureConfig.max_failures; NaN loss / repeated OOM are never retried)")
     a = p.parse_args(argv)
+    a.given = set(vars(p.parse_args(argv, namespace=_GivenOnly())))  # the options the command line gave
     if a.seeds < 1:
         p.error("--seeds must be >= 1")
     if a.num_samples is not None and a.num_samples < 1:
@@ -123,6 +135,46 @@ def choose_budget(args) -> str | None:
         if not torch.cuda.is_available():
             return "?synthetic_cpu"  # "?": used when the space file defines it, else the file as is
     return None
+
+
+# measured: `python tune/run_search.py --space moco_stage2` (docs/reliability.md, "Operating notes")
+SYNTHETIC_CPU_TIME = "Takes about 1-2 minutes on an idle 2-core CPU (62-103 s measured), 6 minutes on a busy one"
+
+# --resume continues with what the search started with; these options would be ignored, so they are refused
+RESUME_FIXED = ("data", "num_samples", "max_epochs", "seeds", "preset", "cpus_per_trial", "gpus_per_trial")
+
+
+def _comparable(opt: str, value):
+    """A data spec compares by the files it names (relative or absolute path alike)."""
+    if opt == "data" and isinstance(value, str):
+        from pahcl.data.readers import absolute_spec
+
+        try:
+            return absolute_spec(value)
+        except DataSpecError:
+            return value
+    return value
+
+
+def check_resume_options(args, meta: dict) -> None:
+    """--resume with an option that differs from the one the search started with: SpaceError (exit 2) naming
+    the options, their original values and the fix. Repeating the original value is fine."""
+    cli, consts, bad = meta.get("cli") or {}, meta.get("consts") or {}, []
+    original = {**{opt: cli.get(opt) for opt in RESUME_FIXED}, "budget": meta.get("budget"),
+                "mlflow_uri": (meta.get("mlflow") or {}).get("tracking_uri"), "max_failures": meta.get("max_failures")}
+    seeds = original["seeds"] = original["seeds"] or 1
+    for opt, used in (("data", consts.get("data")), ("max_epochs", consts.get("max_epochs")),
+                      ("num_samples", int(meta.get("total_trials", 0)) // seeds or None)):
+        original[opt] = original[opt] if original[opt] is not None else used  # the space's value, as run
+    for opt in sorted(args.given & set(original)):
+        if _comparable(opt, getattr(args, opt)) != _comparable(opt, original[opt]):
+            bad.append(opt)
+    if bad:
+        flags = ", ".join(f"--{o.replace('_', '-')} {getattr(args, o)}" for o in bad)
+        was = ", ".join(f"{o.replace('_', '-')}={original[o]}" for o in bad)
+        raise ConfigError(f"--resume continues search {meta.get('search_id')} with the options it started with; "
+                          f"{flags} would be ignored (it started with {was}). Drop them to resume, or start a "
+                          "new search without --resume")
 
 
 def build_consts(space, args, search_id: str, cache_dir: Path, mlflow_ids: dict, res) -> dict[str, Any]:
@@ -305,6 +357,47 @@ def _end_open_parent(status: str, reason: str) -> None:
         print(f"[mlflow] could not end the parent run ({type(e).__name__})", file=sys.stderr)
 
 
+def synthetic_cpu_message(args, space, seeds: int) -> str:
+    """What the 'synthetic_cpu' budget runs, and why it was chosen (no --data and no CUDA, or --budget)."""
+    why = ("No --data and no CUDA device: synthetic default data" if args.data is None and not args.budget
+           else f"--budget synthetic_cpu{' with --data' if args.data else ''}: data")
+    return (f"[search] {why} ({space.data}) with the space's 'synthetic_cpu' budget - preset {space.preset}, "
+            f"{space.num_samples} configurations x {seeds} seed(s), {space.max_epochs} epochs, "
+            f"training.max_steps_per_epoch={space.fixed.get('training.max_steps_per_epoch')}."
+            + (f" {SYNTHETIC_CPU_TIME}; pass --data KIND:PATH for a real search." if args.data is None else ""))
+
+
+def resume_hint(args, results_dir: Path) -> str:
+    """The command that continues this search, shell-quoted (paths with spaces or quotes)."""
+    return shlex.join([sys.executable, "tune/run_search.py", "--space", str(args.space), "--results-dir",
+                       str(results_dir), "--resume"])
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share it
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def claim_search_id(stage_dir: Path, name: str) -> str:
+    """A new search id ``<stage>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... when taken), claimed by creating
+    ``searches/<id>/`` with an atomic mkdir: two searches started in the same second, on one results folder,
+    get different ids, Ray folders and state files."""
+    searches = stage_dir / "searches"
+    searches.mkdir(parents=True, exist_ok=True)
+    stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        search_id = stamp if n == 1 else f"{stamp}-{n}"
+        if (stage_dir / "ray" / search_id).exists():
+            continue
+        try:
+            (searches / search_id).mkdir()  # exist_ok=False: exactly one process gets each id
+            return search_id
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free search id under {searches}")
+
+
 def _init_ray(args, num_cpus: int | None = None) -> bool:
     """Start (or join) Ray. Returns True when this call started/joined it (so we shut it down)."""
     import ray
@@ -376,6 +469,7 @@ def main(argv=None) -> dict[str, Any]:
         if not meta_path.exists():
             raise SpaceError(f"--resume: {meta_path} is missing; cannot resume {search_id}")
         meta = json.loads(meta_path.read_text())
+        check_resume_options(args, meta)
         budget = meta["budget"]
         cli = meta["cli"]
         _log(f"[resume] search {search_id} ({exp_path}); original options: {cli}, budget {budget}")
@@ -384,8 +478,9 @@ def main(argv=None) -> dict[str, Any]:
         cli = {"num_samples": args.num_samples, "max_epochs": args.max_epochs, "data": args.data,
                "preset": args.preset, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
                "seeds": args.seeds}
+    said: list[str] = []  # what load_space logged: its notes repeat its warnings
     space = load_space(args.space, results_root=results_dir, budget=budget,
-                       cli={k: v for k, v in cli.items() if k != "seeds"}, log=_log,
+                       cli={k: v for k, v in cli.items() if k != "seeds"}, log=lambda m: (said.append(m), _log(m)),
                        allow_inherit_mismatch=args.inherit_anyway or args.resume)
     seeds = int(cli.get("seeds") or 1)
     budget = space.budget
@@ -401,16 +496,13 @@ def main(argv=None) -> dict[str, Any]:
         # use exactly what the original run resolved (inheritance may have changed since)
         space.fixed = meta["consts"]["fixed"]
     if budget == "synthetic_cpu" and not args.resume:
-        f = space.fixed
-        _log(f"[search] No --data and no CUDA device: synthetic default data ({space.data}) with the space's "
-             f"'synthetic_cpu' budget - preset {space.preset}, {space.num_samples} configurations x {seeds} seed(s), "
-             f"{space.max_epochs} epochs, training.max_steps_per_epoch={f.get('training.max_steps_per_epoch')}. "
-             "Sized to finish in about 10 minutes on a 2-core CPU; pass --data KIND:PATH for a real search.")
+        _log(synthetic_cpu_message(args, space, seeds))
     if args.smoke_test and not args.resume:
         _log(f"[search] --smoke-test: {space.num_samples} trials x {space.max_epochs} epochs, preset {space.preset}, "
              f"{space.data}, results in {results_dir}")
     for n in space.notes:
-        _log(f"[space] note: {n}")
+        if not any(n in m for m in said):
+            _log(f"[space] note: {n}")
     if meta is None:
         uri, exp_id = _open_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
     _fit_cpus_to_machine(space, args)
@@ -428,11 +520,8 @@ def main(argv=None) -> dict[str, Any]:
     from tune.resources import TrialResources, plan_resources
 
     if meta is None:
-        search_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        search_id = claim_search_id(stage_dir, space.name)  # unique even for searches started in the same second
         exp_path = ray_dir / search_id
-        if exp_path.exists():
-            search_id += f"-{os.getpid()}"
-            exp_path = ray_dir / search_id
         # Data once in the driver: validates the spec and fills the shared cache before trials race for it.
         from pahcl.config import build_config
         from pahcl.train import prepare_data
@@ -465,9 +554,10 @@ def main(argv=None) -> dict[str, Any]:
                 "provenance": provenance,
                 "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
                 "mlflow": mlflow_ids, "consts": consts, "total_trials": space.num_samples * seeds,
+                "max_failures": args.max_failures,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json(state_dir / META_NAME, meta)
-        (stage_dir / "latest").write_text(search_id + "\n")
+        _write_text_atomic(stage_dir / "latest", search_id + "\n")  # two searches: the last one wins, never a mix
         _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id})")
         resuming = False
     else:
@@ -579,8 +669,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
         _end_leftover_child_runs(uri, exp_id, parent, {t.trial_id: "KILLED" for t in unfinished})
         end_run(uri, parent, "KILLED")
         _log(f"[search] interrupted: {len(trials) - len(unfinished)} of {total} trials finished "
-             f"({len(trials)} created). Continue with:\n"
-             f"    {sys.executable} tune/run_search.py --space {args.space} --results-dir {results_dir} --resume")
+             f"({len(trials)} created). Continue with:\n    {resume_hint(args, results_dir)}")
         return {"interrupted": True, "exp_path": exp_path, "state_dir": state_dir, "trials": len(trials), "statuses": statuses,
                 "exit_code": 3}
 
@@ -693,6 +782,8 @@ def _sigterm_as_ctrl_c() -> None:
 def cli(argv=None) -> int:
     global _FORWARD_SIGTERM
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # tune.spaces logs every warning it raises ("[space] WARNING: ...", "[inherit] WARNING: ..."): once is enough
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"tune\.spaces")
     _FORWARD_SIGTERM = True
     _sigterm_as_ctrl_c()
     try:

@@ -151,6 +151,20 @@ def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config
     return run.info.run_id
 
 
+def _logged_points(client, run_id: str | None, warn) -> dict[str, set[int]]:
+    """``mlflow_utils.logged_points`` of the trial's run ({} for a new run, or when the store is down)."""
+    if run_id is None:
+        return {}
+    from tune.mlflow_utils import logged_points
+
+    try:
+        return logged_points(client, run_id)
+    except Exception as e:  # noqa: BLE001 - cannot read the run: log everything (duplicates beat losses)
+        warn(f"[mlflow] could not read the points already logged ({type(e).__name__}); a resumed epoch may be "
+             "logged twice")
+        return {}
+
+
 def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     from pahcl.config import build_config
     from pahcl.train import Callback, NonFiniteLossError, StepOutOfMemoryError, Trainer, prepare_data
@@ -203,8 +217,9 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
         run_id, warned = None, True
         warn(f"[mlflow] WARNING: tracking store unreachable at trial start ({type(e).__name__}: "
              f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues, metrics kept in the trial dir")
+    logged = _logged_points(client, run_id, warn)  # a retried/restored trial: points already in its run
     logger = BatchLogger(uri, run_id, flush_seconds=float(consts.get("flush_seconds", 5.0)), on_warning=warn,
-                         warned=warned)
+                         warned=warned, logged=logged)
     step_cb = MLflowStepCallback(logger, cfg.training.log_interval)
 
     def tag(key: str, value: str) -> None:
@@ -247,6 +262,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     trainer, used, skipped = restore_latest_good(make_trainer, ckpt, print)
     if ckpt is not None:
         tag("pahcl.resumed_from_epoch", str(trainer.epoch))
+    if logged:  # the steps re-run after the checkpoint keep the points the interrupted attempt sent
+        tag("pahcl.points_already_logged", str(sum(len(v) for v in logged.values())))
         if skipped:
             tag("pahcl.resume_fallback", (f"resumed from {Path(used).name}" if used else "restarted from scratch")
                 + f"; refused: {' | '.join(skipped)}"[:4900])

@@ -162,3 +162,90 @@ def test_round_trip_through_plain_dict():
     assert config_from_dict(cfg.to_dict()) == cfg
     assert cfg.flat()["training.learning_rate"] == 3e-4
     assert build_config(cfg.to_dict(), {"seed": 7}).seed == 7
+
+
+# ----------------------------------------------------------------------------- YAML limits (issue 15 item 6)
+
+_LIMIT_PROBE = r"""
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a regression fails with MemoryError, not 8 GB
+from pahcl.config import ConfigError, load_config
+t0 = time.perf_counter()
+try:
+    load_config(sys.argv[1])
+    outcome = "loaded"
+except ConfigError as e:
+    outcome = str(e)
+except MemoryError:
+    outcome = "MemoryError"
+print(outcome)
+# peak RSS of this process image (VmHWM; ru_maxrss would include the forking pytest's own peak)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+print(f"{time.perf_counter() - t0:.3f} {hwm}")
+"""
+
+
+def _alias_bomb(depth: int) -> str:
+    """The "billion laughs": each level is a list of 9 aliases of the one before (9**depth leaves)."""
+    parts = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, depth)]
+    return "seed: [" + ", ".join(parts) + "]\n"
+
+
+@pytest.mark.parametrize("kind", ["alias_bomb_depth9", "file_50MB", "recursive_alias"])
+def test_hostile_yaml_refused_fast_in_one_line_with_little_memory(kind, tmp_path):
+    """Before the limits: depth 9 spent 40+ s building a repr for the error and hit MemoryError; a 50 MB file
+    grew to 7.9 GB. Now: refused by size (before reading) or by alias expansion (before building objects)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{kind}.yaml"
+    if kind == "file_50MB":
+        with open(path, "w") as f:
+            f.write("seed: ")
+            for _ in range(50):
+                f.write("a" * (1 << 20))
+    else:
+        path.write_text(_alias_bomb(9) if kind == "alias_bomb_depth9" else "seed: &a [1, *a]\n")
+    assert path.stat().st_size < 1000 or kind == "file_50MB"
+    out = subprocess.run([sys.executable, "-c", _LIMIT_PROBE, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    message, figures = out.stdout.rstrip("\n").split("\n")
+    seconds, peak_kib = float(figures.split()[0]), int(figures.split()[1])
+    print(f"{kind}: {seconds:.3f} s, peak RSS {peak_kib / 1024:.0f} MiB: {message}")
+    assert message.startswith(f"config file {path}: ")
+    assert {"alias_bomb_depth9": "aliases", "file_50MB": "larger than", "recursive_alias": "recursive"}[kind] in message
+    assert len(message) < 400
+    assert seconds < 5.0, seconds            # the refusal itself (imports excluded); measured: milliseconds
+    assert peak_kib < 100 * 1024, peak_kib   # the whole interpreter (VmHWM); measured 17-18 MiB
+
+
+def test_error_messages_are_cut_and_aliases_within_the_limit_still_load(tmp_path):
+    err = ConfigError("x" * 10_000_000)
+    assert len(str(err)) < 2100 and str(err).endswith("[message cut: 10000000 characters]")
+    ok = tmp_path / "anchors.yaml"  # ordinary anchors / merge keys are still fine
+    ok.write_text("training: &t {batch_size: 8}\nevaluation: {<<: *t}\n")
+    assert load_config(ok).evaluation.batch_size == 8
+    bomb = tmp_path / "bomb5.yaml"  # 9**5 = 59049 nodes: inside the limit; the error repr is cut
+    bomb.write_text(_alias_bomb(5))
+    with pytest.raises(ConfigError, match=r"^seed: .*message cut") as e:
+        load_config(bomb)
+    assert len(str(e.value)) < 2100
+
+
+def test_zero_loss_weights_refused_and_one_zero_warned():
+    """Issue 15 item 8: lambda_cycle=0 AND lambda_sub=0 trained a zero loss without a word."""
+    import warnings
+
+    from pahcl.config import ConfigWarning
+
+    with pytest.raises(ConfigError, match=r"^loss.lambda_cycle and loss.lambda_sub: both 0 .* > 0"):
+        build_config({}, ["loss.lambda_cycle=0", "loss.lambda_sub=0"])
+    for key, other in (("lambda_cycle", "sub-structure"), ("lambda_sub", "cycle-level")):
+        with pytest.warns(ConfigWarning, match=rf"loss.{key}=0: that loss is off, only the {other} loss"):
+            cfg = build_config({}, [f"loss.{key}=0"])
+        assert getattr(cfg.loss, key) == 0.0  # allowed (an ablation), and recorded as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_config({})  # the defaults warn about nothing

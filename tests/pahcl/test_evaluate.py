@@ -210,3 +210,19 @@ def test_cli_smoke_test_and_missing_specs(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--protocol", "knn"])
     assert "--train and --test are required (KIND:PATH) unless --smoke-test" in capsys.readouterr().err
+
+
+def test_cli_same_train_and_test_spec_is_warned_and_recorded(tmp_path, capsys, monkeypatch):
+    """Issue 15 item 8: the same spec for --train and --test scored the training set against itself silently."""
+    import json
+
+    from pahcl.evaluate import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--smoke-test", "--train", "synthetic:8", "--test", "synthetic:8"]) == 0
+    cap = capsys.readouterr()
+    assert "WARNING: --train and --test are the same spec (synthetic:8)" in cap.err and "--split-by-index" in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["test_is_train"] is True
+    assert main(["--smoke-test", "--train", "synthetic:8", "--test", "synthetic:6"]) == 0
+    cap = capsys.readouterr()
+    assert "same spec" not in cap.err and json.loads(cap.out.strip().splitlines()[-1])["test_is_train"] is False

@@ -88,3 +88,62 @@ def test_pretrain_config_with_python_tag_refused(tmp_path):
     with pytest.raises(ConfigError):
         load_config(p)
     assert not marker.exists()
+
+
+def test_space_file_alias_bomb_and_huge_file_exit_2_one_line(tmp_path, capsys):
+    """Issue 15 item 6 through the CLI: a 431-byte alias bomb (depth 9) and a 50 MB space file are refused
+    with exit 2 and one short line, nothing created (before: MemoryError after 40 s / 7.9 GB)."""
+    import time
+
+    from tune.run_search import cli
+
+    parts = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("stage: bomb\nnum_samples: [" + ", ".join(parts) + "]\n")
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "w") as f:
+        f.write("stage: huge\ndescription: ")
+        for _ in range(50):
+            f.write("a" * (1 << 20))
+    for path, why in ((bomb, "aliases"), (huge, "larger than")):
+        t0 = time.perf_counter()
+        rc = cli(["--space", str(path), "--results-dir", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert time.perf_counter() - t0 < 10, err[:300]
+        assert rc == 2 and err.startswith(f"error: space file {path}: ") and why in err, err[:300]
+        assert err.count("\n") == 1 and len(err) < 400, err[:300]
+    assert not (tmp_path / "r" / "mlflow.db").exists()
+
+
+def test_synthetic_cpu_message_says_what_runs(tmp_path):
+    """Issue 15 item 8: `--data yaseen:... --budget synthetic_cpu` announced "No --data and no CUDA device:
+    synthetic default data (yaseen:...)"."""
+    from tune.run_search import parse_args, synthetic_cpu_message
+    from tune.spaces import load_space
+
+    for argv, starts, timing in (
+            ([], "[search] No --data and no CUDA device: synthetic default data (synthetic:40) with", True),
+            (["--budget", "synthetic_cpu"], "[search] --budget synthetic_cpu: data (synthetic:40) with", True),
+            (["--data", "yaseen:../shared/data/yaseen2018", "--budget", "synthetic_cpu"],
+             "[search] --budget synthetic_cpu with --data: data (yaseen:../shared/data/yaseen2018) with", False)):
+        args = parse_args(["--space", "moco_stage2", *argv])
+        space = load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu",
+                           cli={"data": args.data}, log=lambda m: None)
+        msg = synthetic_cpu_message(args, space, 1)
+        assert msg.startswith(starts), msg
+        assert ("1-2 minutes" in msg) == timing and "10 minutes" not in msg
+
+
+def test_resume_hint_is_shell_quoted(tmp_path):
+    """Issue 15 item 8: the printed --resume command broke on a results folder with spaces."""
+    import shlex
+    import sys
+
+    from tune.run_search import parse_args, resume_hint
+
+    results = tmp_path / "my results (v2)" / "it's here"
+    args = parse_args(["--space", "moco_stage2", "--results-dir", str(results)])
+    hint = resume_hint(args, results)
+    assert shlex.split(hint) == [sys.executable, "tune/run_search.py", "--space", "moco_stage2", "--results-dir",
+                                 str(results), "--resume"]

@@ -1,5 +1,6 @@
 """Driver killed mid-search (SIGKILL, no chance to clean up) -> ``--resume`` finishes exactly num_samples
-trials; none duplicated, finished ones not re-run; a changed space file is refused loudly (exit 2).
+trials; none duplicated, finished ones not re-run; a changed space file is refused loudly (exit 2), and so
+are options ``--resume`` would ignore; the trial resumed mid-epoch logs every step and epoch to MLflow once.
 
 The first driver is the real CLI (``tune/run_search.py``, its own local Ray) started with Popen; the kill
 is timed from files (the trial event log of ``tune/faults.py`` and Ray's experiment-state file), not sleeps.
@@ -24,6 +25,7 @@ from tune.faults import read_events
 pytestmark = pytest.mark.slow
 
 MAX_EPOCHS = 2
+STEPS_PER_EPOCH = 2  # BASE_SPACE: training.max_steps_per_epoch, log_interval 1 (every step logged)
 
 
 def _terminated_in_state(exp_dir: Path) -> set[str]:
@@ -41,7 +43,20 @@ def _terminated_in_state(exp_dir: Path) -> set[str]:
     return out
 
 
-def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file, tmp_path, monkeypatch):
+def _stalled_step_in_mlflow(results: Path, ev: list[dict]) -> bool:
+    """The stalled trial's last step before the stall (step 3) has reached MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    stalled = [e["trial_id"] for e in ev if e["event"] == "fault" and e["kind"] == "stall"]
+    if not stalled:
+        return False
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pahcl-search").experiment_id],
+                              f"tags.`pahcl.trial_id` = '{stalled[0]}'")
+    return bool(runs) and STEPS_PER_EPOCH + 1 in {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}
+
+
+def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     from tune.run_search import main
@@ -50,8 +65,10 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     results = tmp_path / "results"
     space = space_file(num_samples=4, max_epochs=MAX_EPOCHS,
                        scheduler={"type": "asha", "grace_period": MAX_EPOCHS, "reduction_factor": 2})
-    # the first trial to finish an epoch stalls (once, marker) so that it is surely unfinished at the kill
-    stall = [{"kind": "stall", "at_epoch": 1, "seconds": 240, "marker": str(tmp_path / "stall")}]
+    # the first trial to start its 4th step (the 2nd of epoch 2) stalls (once, marker) so that it is surely
+    # unfinished at the kill, mid-epoch: its step-3 point is already in MLflow (background flush), and the
+    # resumed trial re-runs step 3 from its epoch-1 checkpoint (before the fix: logged twice)
+    stall = [{"kind": "stall", "at_step": STEPS_PER_EPOCH + 1, "seconds": 240, "marker": str(tmp_path / "stall")}]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PAHCL_FAULTS=json.dumps(stall), PAHCL_FAULTS_LOG=str(log),
                MLFLOW_DISABLE_TELEMETRY="true")
     t0 = time.time()
@@ -59,19 +76,22 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
                             "--results-dir", str(results)], env=env, cwd=str(tmp_path), start_new_session=True,
                            stdout=open(tmp_path / "driver1.log", "w"), stderr=subprocess.STDOUT)
     try:
-        # wait (on files) until 2 trials finished AND Ray's experiment snapshot records them as TERMINATED
+        # wait (on files) until the stalled trial's step 3 is in MLflow, 2 trials finished AND Ray's experiment
+        # snapshot records them as TERMINATED
         finished: set[str] = set()
+        point_sent = False
         deadline = time.time() + 400
         while True:
             assert drv.poll() is None, (tmp_path / "driver1.log").read_text()[-3000:]
             assert time.time() < deadline, "no 2 finished trials in time"
             ev = read_events(log)
+            point_sent = point_sent or _stalled_step_in_mlflow(results, ev)
             done = {e["trial_id"] for e in ev if e["event"] == "report" and e["epoch"] == MAX_EPOCHS}
             latest = results / "test_stage" / "latest"
             if len(done) >= 2 and latest.exists():
                 exp_dir = results / "test_stage" / "ray" / latest.read_text().strip()
                 finished = done & _terminated_in_state(exp_dir)
-                if len(finished) >= 2:
+                if len(finished) >= 2 and point_sent:
                     break
             time.sleep(0.3)
     finally:
@@ -85,6 +105,10 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
                 pass
     t_kill = time.time()
     assert drv.returncode == -signal.SIGKILL
+    # what Ray resumes from: the snapshot on disk at the kill (a trial may have finished since the loop's check)
+    done = {e["trial_id"] for e in read_events(log) if e["event"] == "report" and e["epoch"] == MAX_EPOCHS}
+    finished = done & _terminated_in_state(exp_dir)
+    assert len(finished) >= 2, (done, finished)
     starts_before = {e["trial_id"] for e in read_events(log) if e["event"] == "trial_start"}
     reports_before = len([e for e in read_events(log) if e["event"] == "report"])
 
@@ -98,9 +122,22 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     assert "changed since" in out.stderr and "--resume" in out.stderr
     space.write_text(original)
 
+    # --resume with options it would ignore (issue 15 item 8): refused, one line naming them, their original
+    # values and the fix; nothing started. Repeating the original values (below) is accepted.
+    from tune.run_search import cli
+
+    rc = cli(["--space", str(space), "--results-dir", str(results), "--resume", "--seeds", "3", "--data",
+              "synthetic:12", "--max-failures", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert ("--data synthetic:12, --max-failures 0, --seeds 3 would be ignored (it started with data=synthetic:40, "
+            "max-failures=2, seeds=1). Drop them to resume, or start a new search without --resume") in err, err
+    assert not [e for e in read_events(log) if e["t"] >= t_kill], "nothing may start"
+
     monkeypatch.setenv("PAHCL_FAULTS", json.dumps(stall))  # exhausted (marker): nothing fires again
     monkeypatch.setenv("PAHCL_FAULTS_LOG", str(log))
-    res = main(["--space", str(space), "--results-dir", str(results), "--resume"])
+    res = main(["--space", str(space), "--results-dir", str(results), "--resume", "--data", "synthetic:40",
+                "--max-epochs", str(MAX_EPOCHS)])  # the values it started with: accepted
     assert res["exit_code"] == 0 and not res["interrupted"]
     df = res["df"]
     assert len(df) == 4 and df["trial_id"].is_unique
@@ -125,6 +162,14 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{res['parent_run_id']}'")
     ids = [k.data.tags["pahcl.trial_id"] for k in kids]
     assert sorted(ids) == sorted(df["trial_id"]) and all(k.info.status == "FINISHED" for k in kids)
+    # every step and epoch logged exactly once, the stalled trial's re-run step 3 included (issue 15 item 5)
+    for k in kids:
+        for key, n in (("loss", MAX_EPOCHS * STEPS_PER_EPOCH), ("lr", MAX_EPOCHS * STEPS_PER_EPOCH),
+                       ("val/knn_acc", MAX_EPOCHS), ("train/loss", MAX_EPOCHS)):
+            steps = sorted(m.step for m in client.get_metric_history(k.info.run_id, key))
+            assert steps == list(range(1, n + 1)), (k.data.tags["pahcl.trial_id"], key, steps)
+    stalled_run = next(k for k in kids if k.data.tags["pahcl.trial_id"] == stalled)
+    assert int(stalled_run.data.tags["pahcl.points_already_logged"]) > 0
     print(f"sigkill: killed {t_kill - t0:.0f} s after start with {len(finished)} finished, "
           f"{len(starts_before)} started, {reports_before} epoch reports; resumed {resumed}; "
           f"total {time.time() - t0:.0f} s")
