@@ -425,7 +425,10 @@ def trial_run_name(params: Mapping[str, Any], number: int | str | None, seed_key
 
 
 def ui_base(tracking_uri: str) -> str:
-    """Where the UI of this store is: the server itself, or a local `mlflow ui` (default address)."""
+    """Where users open the UI of this store: ``PAHCL_MLFLOW_UI_URL`` when set (compose: the server as the
+    host publishes it, not its compose name), else the server itself, else a local `mlflow ui`."""
+    if os.environ.get("PAHCL_MLFLOW_UI_URL"):
+        return os.environ["PAHCL_MLFLOW_UI_URL"].rstrip("/")
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_LOCAL
 
 
@@ -495,7 +498,6 @@ def trials_view_state(metric: str, mode: str, param_keys: Iterable[str], columns
     """The UI state of the trials view (``columns``: extra columns kept from an earlier version)."""
     cols = [_col("metrics", metric), *(_col("params", k) for k in param_keys), _col("tags", END_REASON_TAG)]
     cols += [c for c in columns if c not in cols]
-    keys = [metric, *CHART_KEYS]
     return {
         "orderByKey": _col("metrics", metric), "orderByAsc": mode == "min", "searchFilter": "",
         "selectedColumns": cols,
@@ -503,7 +505,7 @@ def trials_view_state(metric: str, mode: str, param_keys: Iterable[str], columns
                     "groupByKeys": [{"mode": "tag", "groupByData": "pahcl.search_id"}]},
         "useGroupedValuesInCharts": False, "runsHiddenMode": "SHOW_ALL",
         # the chart view: only these metrics' charts (a case-insensitive regular expression on metric keys)
-        "chartsSearchFilter": "^(" + "|".join(re.escape(k) for k in keys) + ")$",
+        "chartsSearchFilter": "^(" + "|".join(re.escape(k) for k in CHART_KEYS) + ")$",
     }
 
 
@@ -601,8 +603,22 @@ def compare_trials_message(uri: str, experiment_id: str, parent_run_id: str,
     q = shlex.quote
     cmd = ui_command(uri, mlflow_bin)
     head = (f"[search] compare trials: {cmd}   (stop it with Ctrl+C), then open" if cmd
-            else f"[search] compare trials on the MLflow server {uri}:")
+            else f"[search] compare trials on the MLflow server {ui_base(uri)}:")
     return "\n".join([head,
                       f"    trials:     {q(trials_url(uri, experiment_id))}",
                       f"    charts:     {q(trials_url(uri, experiment_id, charts=True))}",
                       f"    parent run: {q(run_url(uri, experiment_id, parent_run_id))}"])
+
+
+def parse_compare_trials_message(text: str) -> dict[str, str]:
+    """The inverse of ``compare_trials_message`` on a search's output: ``command`` (when a local store),
+    ``trials``, ``charts``, ``parent run`` (unquoted URLs). Used by the browser test and the screenshots."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"\[search\] compare trials: (.*?)\s{3}\(stop it", line)
+        if m:
+            found["command"] = m.group(1)
+        m = re.match(r"\s+(trials|charts|parent run):\s+(\S.*)$", line)
+        if m:
+            found[m.group(1)] = shlex.split(m.group(2))[0]
+    return found

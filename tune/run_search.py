@@ -297,7 +297,9 @@ def main(argv=None) -> dict[str, Any]:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json(state_dir / META_NAME, meta)
         (stage_dir / "latest").write_text(search_id + "\n")
-        _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id}); trials: {trials_url(uri, exp_id)}")
+        from shlex import quote
+
+        _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id}); trials: {quote(trials_url(uri, exp_id))}")
         resuming = False
     else:
         consts = meta["consts"]
