@@ -65,11 +65,11 @@ def _mlflow_ui(command: list[str], port: int):
             os.killpg(proc.pid, 0)  # no process of the group is left
 
 
-def test_printed_urls_open_the_trials_in_a_real_browser(ray_session, space_file, tmp_path, free_port):
+def test_printed_urls_open_the_trials_in_a_real_browser(ray_session, space_file, tmp_path, free_port, monkeypatch):
     sync_playwright, chromium = _browser_tools()
+    monkeypatch.delenv("PAHCL_MLFLOW_UI_URL", raising=False)
     from mlflow.tracking import MlflowClient
 
-    from tune.mlflow_utils import parse_compare_trials_message
     from tune.run_search import main
 
     space = space_file(num_samples=4, max_epochs=3)
@@ -77,14 +77,6 @@ def test_printed_urls_open_the_trials_in_a_real_browser(ray_session, space_file,
     with contextlib.redirect_stdout(out):
         res = main(["--space", str(space), "--results-dir", str(tmp_path / "results")])
     assert res["exit_code"] == 0
-    printed = parse_compare_trials_message(out.getvalue())
-    assert {"command", "trials", "charts", "parent run"} <= set(printed), out.getvalue()[-3000:]
-    command = shlex.split(printed["command"])
-    assert command[1:] == ["ui", "--backend-store-uri", res["tracking_uri"]]
-    for key in ("trials", "charts", "parent run"):
-        assert printed[key].startswith("http://127.0.0.1:5000/#/experiments/"), printed
-        assert "workflowType=machine_learning" in printed[key], printed
-
     client = MlflowClient(res["tracking_uri"])
     parent = client.get_run(res["parent_run_id"])
     kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -92,6 +84,16 @@ def test_printed_urls_open_the_trials_in_a_real_browser(ray_session, space_file,
     knn = {k.info.run_name: k.data.metrics["val/knn_acc"] for k in kids}
     assert not any(n.startswith("train_pahcl_") for n in knn), knn  # named by their parameters, not Ray's ids
     assert all(k.info.status == "FINISHED" for k in kids), [k.info.status for k in kids]  # ASHA stops included
+
+    from tune.mlflow_utils import parse_compare_trials_message
+
+    printed = parse_compare_trials_message(out.getvalue())
+    assert {"command", "trials", "charts", "parent run"} <= set(printed), out.getvalue()[-3000:]
+    command = shlex.split(printed["command"])
+    assert command[1:] == ["ui", "--backend-store-uri", res["tracking_uri"]]
+    for key in ("trials", "charts", "parent run"):
+        assert printed[key].startswith("http://127.0.0.1:5000/#/experiments/"), printed
+        assert "workflowType=machine_learning" in printed[key], printed
 
     with _mlflow_ui(command, free_port), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
