@@ -390,6 +390,37 @@ def probe_c_arg(v: str) -> str | float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: one JSON line on stdout; a bad checkpoint, config or data spec is one line and exit 2."""
+    from pahcl.checkpoint import CheckpointError
+    from pahcl.config import ConfigError
+    from pahcl.data.readers import DataSpecError, NoUsableRecordingsError
+
+    try:
+        return _run(argv)
+    except (CheckpointError, ConfigError, DataSpecError, NoUsableRecordingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def load_eval_checkpoint(path) -> tuple[dict, object]:
+    """(state, config) of a checkpoint whose weights fit the model its config describes; anything else
+    (no config, another model's or a truncated state) is a ``CheckpointError``."""
+    from pahcl.checkpoint import CheckpointError, load_checkpoint
+    from pahcl.config import ConfigError, config_from_dict
+    from pahcl.models import PAHCL
+
+    state = load_checkpoint(path)
+    try:
+        cfg = config_from_dict(state["config"])
+        PAHCL(cfg.model).load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise CheckpointError(f"checkpoint {path}: not a usable PA-HCL checkpoint ({type(e).__name__}: {first}); "
+                              "pass a checkpoint_*.pt written by python -m pahcl.pretrain") from None
+    return state, cfg
+
+
+def _run(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pahcl.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint .pt (config + weights); optional with --baseline logspec")
     p.add_argument("--train", help="data spec KIND:PATH for the training side (bank / probe fit)")
@@ -413,14 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.train or not args.test:
         p.error("--train and --test are required (KIND:PATH) unless --smoke-test")
 
-    from pahcl.checkpoint import load_checkpoint
-    from pahcl.config import config_from_dict, load_config
+    from pahcl.config import load_config
     from pahcl.data import load_cycles
 
     state = None
     if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
-        cfg = config_from_dict(state["config"])
+        state, cfg = load_eval_checkpoint(args.checkpoint)
     elif args.smoke_test:
         cfg = load_config(preset="tiny")
     elif args.baseline == "logspec":

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from pahcl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pahcl.config import Config, config_from_dict
+from pahcl.config import Config, ConfigError, config_from_dict
 from pahcl.schedules import get_lr
 
 __all__ = [
@@ -68,6 +68,8 @@ __all__ = [
     "StepOutOfMemoryError",
     "Trainer",
     "prepare_data",
+    "check_runtime",
+    "plan_batches",
     "resolve_device",
     "seed_everything",
     "param_groups",
@@ -111,6 +113,18 @@ class Callback:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def check_runtime(cfg: Config) -> None:
+    """What the config asks of this machine exists (a CUDA device, mamba_ssm's kernels): else a
+    ``ConfigError`` naming the key and the fix, before any data is read."""
+    from pahcl.models.mamba import MambaBackendError, resolve_backend
+
+    try:
+        resolve_device(cfg.training.device)
+        resolve_backend(cfg.model.mamba_backend)
+    except (RuntimeError, MambaBackendError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -183,15 +197,24 @@ class _Batches:
 
     @staticmethod
     def plan(n: int, batch_size: int, accum: int, max_steps: int) -> tuple[int, int]:
-        """-> (micro-batches per optimizer step, optimizer steps per epoch)."""
-        n_micro = n // batch_size if n >= batch_size else (1 if n >= 2 else 0)
-        if n_micro == 0:
-            raise ValueError(f"training set has {n} cycles; contrastive training needs at least 2")
-        per_step = min(accum, n_micro)
-        steps = n_micro // per_step
-        if max_steps > 0:
-            steps = min(steps, max_steps)
-        return per_step, steps
+        """-> (micro-batches per optimizer step, optimizer steps per epoch): see :func:`plan_batches`."""
+        return plan_batches(n, batch_size, accum, max_steps)
+
+
+def plan_batches(n: int, batch_size: int, accum: int, max_steps: int = 0) -> tuple[int, int]:
+    """(micro-batches per optimizer step, optimizer steps per epoch) for ``n`` training cycles: full
+    micro-batches of ``batch_size``, ``accum`` of them per step, a trailing group of fewer dropped. Data
+    too small for one step is a ``ConfigError`` (never silently a smaller batch: what is recorded runs)."""
+    if batch_size > n:
+        raise ConfigError(f"training.batch_size: {batch_size} is larger than the {n} training cycles; "
+                          f"set training.batch_size <= {n} (or use more data)")
+    n_micro = n // batch_size
+    if accum > n_micro:
+        raise ConfigError(f"training.gradient_accumulation_steps: {accum} micro-batches of {batch_size} need "
+                          f"{accum * batch_size} cycles per optimizer step, but the training set has {n}; "
+                          f"set it <= {n_micro} or lower training.batch_size")
+    steps = n_micro // accum
+    return accum, (min(steps, max_steps) if max_steps > 0 else steps)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -253,7 +276,7 @@ class Trainer:
             self.dataset.set_epoch(epoch)
         g = torch.Generator()
         g.manual_seed(int(self.cfg.seed) + int(epoch))
-        bs = min(t.batch_size, len(self.dataset))
+        bs = t.batch_size  # plan_batches() checked that the data holds at least one full step
         kw: dict[str, Any] = {}
         if t.num_workers > 0:
             kw = dict(num_workers=t.num_workers, prefetch_factor=t.prefetch_factor, persistent_workers=False)
@@ -486,7 +509,13 @@ class Trainer:
             "rng": _rng_state(),
             "config": self.cfg.to_dict(),
             "metrics": {k: float(v) for k, v in self.last_metrics.items()},
+            "data": self.data_record(),
         }
+
+    def data_record(self) -> dict[str, str]:
+        """What this run trains on: the absolute data spec and its fingerprint (files + data settings)."""
+        info = self.train_set.info or {}
+        return {"spec": str(info.get("spec", "")), "fingerprint": str(info.get("fingerprint", ""))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:

@@ -27,6 +27,7 @@ of epoch e+1, after epoch e was reported and checkpointed):
             Trainer's own finite check raises ``NonFiniteLossError`` naming the step.
 ``oom``     raise ``torch.OutOfMemoryError`` in the forward pass (``real: true`` and CUDA: allocate
             an impossible tensor so the CUDA caching allocator raises it for real).
+``user_error`` raise ``DataSpecError`` (a deterministic user error: never retried into training).
 ``stall``   sleep ``seconds`` in the forward pass (a slow/hung step: keeps a trial unfinished, e.g. while
             the test kills the driver).
 
@@ -46,7 +47,7 @@ from typing import Any
 
 ENV = "PAHCL_FAULTS"
 LOG_ENV = "PAHCL_FAULTS_LOG"
-KINDS = ("crash", "nan", "oom", "stall")
+KINDS = ("crash", "nan", "oom", "stall", "user_error")
 _KEYS = {"kind", "at_step", "at_epoch", "marker", "times", "corrupt_checkpoint", "payload_marker", "real", "seconds"}
 
 
@@ -209,6 +210,11 @@ class FaultInjector:
                                                   payload_marker=f.get("payload_marker"))
                 self.event("fault", kind="crash", step=tr.global_step, epoch=tr.epoch, damaged=damaged)
                 raise InjectedCrash(f"injected crash at step {tr.global_step} (epoch {tr.epoch} completed)")
+            if f["kind"] == "user_error" and self._due(f, tr) and _claim(f):
+                from pahcl.data.readers import DataSpecError
+
+                self.event("fault", kind="user_error", step=tr.global_step, epoch=tr.epoch)
+                raise DataSpecError(f"injected: data spec folder vanished at step {tr.global_step}")
             if f["kind"] == "stall" and self._due(f, tr) and _claim(f):
                 self.event("fault", kind="stall", step=tr.global_step, epoch=tr.epoch)
                 time.sleep(float(f.get("seconds", 60)))

@@ -29,7 +29,8 @@ over seeds), best_config.yaml, summary.json (what the next stage inherits), plot
 trial constants and the space hash used by --resume; asha_state.json; this search's result files).
 Files are kept outside the Ray experiment dir because Ray re-syncs that dir on restore.
 MLflow: results/mlflow.db (sqlite:////ABS/...) + results/mlartifacts unless --mlflow-uri /
-MLFLOW_TRACKING_URI name a server. Exit status: 0 done, 2 bad arguments/space, 3 interrupted (resumable).
+MLFLOW_TRACKING_URI name a server. Exit status: 0 done, 1 no trial produced the metric (the first trial's
+error is printed; no best is written), 2 bad arguments/space/data, 3 interrupted (resumable).
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ if not any(a == "--address" or a.startswith("--address=") for a in sys.argv[1:])
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from pahcl.config import ConfigError  # noqa: E402
+from pahcl.data.readers import DataSpecError, NoUsableRecordingsError  # noqa: E402
 
 META_NAME = "search_meta.json"
 ASHA_STATE = "asha_state.json"
@@ -141,6 +143,144 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+class SearchSetupError(ConfigError):
+    """A problem the user can fix before any trial runs (exit 2, one line)."""
+
+
+_OPEN_PARENT: dict[str, str] = {}  # the MLflow parent run this process opened or reopened (ended on any exit)
+_MADE_DIRS: list[Path] = []  # folders this process created (removed again if empty when it fails)
+
+
+def _ensure_writable(results_dir: Path) -> None:
+    try:
+        _make_dirs(results_dir)
+        probe = results_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SearchSetupError(f"--results-dir: cannot write to {results_dir} ({type(e).__name__}: {e.strerror}); "
+                               "choose a writable folder with --results-dir DIR") from None
+
+
+def _make_dirs(*dirs: Path) -> None:
+    for d in dirs:
+        missing = [p for p in (d, *d.parents) if not p.exists()]
+        d.mkdir(parents=True, exist_ok=True)
+        _MADE_DIRS.extend(reversed(missing))
+
+
+def _remove_empty_made_dirs() -> None:
+    """After a failed start: no empty output folders left behind (folders that hold anything are kept)."""
+    for d in sorted(set(_MADE_DIRS), key=lambda p: len(p.parts), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    _MADE_DIRS.clear()
+
+
+def _local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _fit_cpus_to_machine(space, args) -> None:
+    """A local Ray has this machine's CPUs: a trial asking for more would stay PENDING forever. Lower
+    cpus_per_trial to what exists, and say so (recorded as what ran)."""
+    if args.address:
+        return
+    n = _local_cpus()
+    if space.cpus_per_trial > n:
+        _log(f"[resources] resources.cpus_per_trial {space.cpus_per_trial:g} > this machine's {n} CPUs: "
+             f"using {n} per trial (set --cpus-per-trial to choose)")
+        space.cpus_per_trial = float(n)
+
+
+def _check_cluster_fits(space, args) -> None:
+    """On a cluster (--address): some node must hold one trial's CPUs, else every trial pends forever."""
+    if not args.address:
+        return
+    import ray
+
+    node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    if not node_cpus or max(node_cpus) < space.cpus_per_trial:
+        raise SearchSetupError(
+            f"--cpus-per-trial / resources.cpus_per_trial: {space.cpus_per_trial:g} CPUs per trial, but the largest "
+            f"node of the cluster at {args.address} has {max(node_cpus, default=0):g}; every trial would stay "
+            f"PENDING. Pass --cpus-per-trial {max(node_cpus, default=1):g} or less")
+
+
+def _check_trials_can_run(space, cfg0, n_train: int, local: bool) -> None:
+    """Before Ray: every batch size x accumulation the space can sample fits the training cycles (a trial
+    would fail on it), and on a local run the device/backend the config asks for exists here."""
+    import itertools
+
+    from pahcl.config import build_config
+    from pahcl.train import check_runtime, plan_batches
+
+    if local:
+        check_runtime(cfg0)
+    keys = [k for k in ("training.batch_size", "training.gradient_accumulation_steps") if k in space.params]
+    for combo in itertools.product(*(space.params[k].candidates() for k in keys)):
+        t = build_config(space.base_tree(), space.trial_overrides(dict(zip(keys, combo)))).training
+        try:
+            plan_batches(n_train, t.batch_size, t.gradient_accumulation_steps)
+        except ConfigError as e:
+            where = f" (sampled {dict(zip(keys, combo))})" if keys else ""
+            raise SearchSetupError(f"{e}{where}; data {space.data}") from None
+
+
+def _open_tracking(args, results_dir: Path) -> tuple[str, str]:
+    """The tracking URI, checked and reachable, and the experiment id: before any data is prepared."""
+    from tune.mlflow_utils import ensure_experiment, resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(args.mlflow_uri, results_dir)
+    except ValueError as e:
+        raise SearchSetupError(f"{e} (set by --mlflow-uri or MLFLOW_TRACKING_URI)") from None
+    _check_reachable(uri)
+    try:
+        return uri, ensure_experiment(uri, results_dir)
+    except Exception as e:  # noqa: BLE001 - any store error is the user's URI or server
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise SearchSetupError(f"--mlflow-uri / MLFLOW_TRACKING_URI {uri!r}: the tracking store refused the "
+                               f"experiment ({type(e).__name__}: {first}); check the URI and the server") from None
+
+
+def _check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """An http(s) server that does not answer is reported in seconds, not after MLflow's retries."""
+    import socket
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(uri)
+    if u.scheme not in ("http", "https"):
+        return
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SearchSetupError(f"--mlflow-uri / MLFLOW_TRACKING_URI {uri!r}: no MLflow server answers at "
+                               f"{u.hostname}:{port} ({e.strerror or type(e).__name__}); start it (mlflow server) "
+                               "or unset the variable to use the local sqlite store") from None
+
+
+def _end_open_parent(status: str, reason: str) -> None:
+    """Whatever ends this process: the parent run it opened is not left RUNNING."""
+    if not _OPEN_PARENT:
+        return
+    try:
+        from tune.mlflow_utils import _client, end_run
+
+        client = _client(_OPEN_PARENT["uri"])
+        run = client.get_run(_OPEN_PARENT["run_id"])
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "pahcl.state", "interrupted" if status == "KILLED" else "failed")
+            client.set_tag(run.info.run_id, "pahcl.end_reason", reason[:4900])
+            end_run(_OPEN_PARENT["uri"], run.info.run_id, status)
+    except Exception as e:  # noqa: BLE001 - the store is down: nothing more can be recorded
+        print(f"[mlflow] could not end the parent run ({type(e).__name__})", file=sys.stderr)
+
+
 def _init_ray(args, num_cpus: int | None = None) -> bool:
     """Start (or join) Ray. Returns True when this call started/joined it (so we shut it down)."""
     import ray
@@ -198,7 +338,7 @@ def main(argv=None) -> dict[str, Any]:
     if args.results_dir is None:
         args.results_dir = "results/smoke" if args.smoke_test else "results"
     results_dir = Path(args.results_dir).resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_writable(results_dir)
 
     stage_name = space_path(args.space).stem
     meta = None
@@ -226,6 +366,8 @@ def main(argv=None) -> dict[str, Any]:
                        cli={k: v for k, v in cli.items() if k != "seeds"}, log=_log)
     seeds = int(cli.get("seeds") or 1)
     budget = space.budget
+    if cli.get("data"):
+        cli["data"] = space.data  # recorded absolute: --resume from another directory reads the same data
     h = space_hash(space)
     if meta is not None:
         if meta["space_hash"] != h:
@@ -246,19 +388,20 @@ def main(argv=None) -> dict[str, Any]:
              f"{space.data}, results in {results_dir}")
     for n in space.notes:
         _log(f"[space] note: {n}")
+    _fit_cpus_to_machine(space, args)
+    started_ray = _init_ray(args)  # before any output: a cluster that cannot run a trial is refused first
+    _check_cluster_fits(space, args)
 
     stage_dir = results_dir / space.name
     ray_dir = stage_dir / "ray"
-    ray_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = results_dir / "cache"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _make_dirs(ray_dir, cache_dir)
 
-    from tune.mlflow_utils import (
-        create_parent_run, ensure_experiment, git_commit, resolve_tracking_uri, save_trials_view, trials_url,
-    )
+    from tune.mlflow_utils import create_parent_run, git_commit, save_trials_view, trials_url
     from tune.resources import TrialResources, plan_resources
 
     if meta is None:
+        uri, exp_id = _open_tracking(args, results_dir)  # a bad or unreachable store fails before data prep
         search_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         exp_path = ray_dir / search_id
         if exp_path.exists():
@@ -271,9 +414,8 @@ def main(argv=None) -> dict[str, Any]:
         cfg0 = build_config(space.base_tree(), space.trial_overrides({k: d.candidates()[0] for k, d in space.params.items()}))
         tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
         _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles (cache {cache_dir})")
+        _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
         res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log)
-        uri = resolve_tracking_uri(args.mlflow_uri, results_dir)
-        exp_id = ensure_experiment(uri, results_dir)
         tags = {"pahcl.stage": space.name, "pahcl.space_file": str(space.path.relative_to(REPO_ROOT))
                 if space.path.is_relative_to(REPO_ROOT) else str(space.path),
                 "pahcl.base_config": str(space.base_config), "pahcl.preset": space.preset,
@@ -286,6 +428,7 @@ def main(argv=None) -> dict[str, Any]:
                   **{f"space.{k}": d.describe() for k, d in space.params.items()},
                   **{f"fixed.{k}": v for k, v in space.fixed.items()}}
         parent = create_parent_run(uri, exp_id, search_id, tags, params)
+        _OPEN_PARENT.update(uri=uri, run_id=parent)
         save_trials_view(uri, exp_id, space.metric, space.mode, list(space.params))
         mlflow_ids = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
         consts = build_consts(space, args, search_id, cache_dir, mlflow_ids, res)
@@ -310,6 +453,7 @@ def main(argv=None) -> dict[str, Any]:
         from tune.mlflow_utils import _client
 
         _client(uri).update_run(parent, status="RUNNING")
+        _OPEN_PARENT.update(uri=uri, run_id=parent)
         _client(uri).set_tag(parent, "pahcl.state", "resumed")
         resuming = True
 
@@ -324,7 +468,6 @@ def main(argv=None) -> dict[str, Any]:
     faults = faults_from_env()
     trainable = tune.with_resources(tune.with_parameters(train_pahcl, consts=consts, faults=faults), res.as_ray())
     total = int(meta["total_trials"])
-    started_ray = _init_ray(args)
     try:
         if resuming:
             from ray.tune import Tuner
@@ -381,7 +524,7 @@ def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
 
 def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start, fit_s):
     from tune.mlflow_utils import _client, end_run
-    from tune.summary import collect_trials, make_plots, print_table, write_outputs
+    from tune.summary import collect_trials, make_plots, no_result_reason, print_table, write_outputs
 
     uri = meta["mlflow"]["tracking_uri"]
     exp_id, parent = meta["mlflow"]["experiment_id"], meta["mlflow"]["parent_run_id"]
@@ -412,6 +555,9 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
                 "exit_code": 3}
 
     rows = collect_trials(grid, space)
+    failed = no_result_reason(rows)
+    if failed is not None:
+        return _fail_search(client, uri, exp_id, parent, rows, failed, stage_dir, state_dir, exp_path)
     from tune.mlflow_utils import early_stop_reason
 
     run_status = {r["trial_id"]: "FAILED" if r["status"] == "ERROR" else "FINISHED" for r in rows}
@@ -461,6 +607,25 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
             "mlflow_ok": mlflow_down is None}
 
 
+def _fail_search(client, uri, exp_id, parent, rows, reason, stage_dir, state_dir, exp_path) -> dict[str, Any]:
+    """No trial produced the metric: no best, no best_config.yaml/summary.json (the stage before stays
+    inheritable), the parent run FAILED with the reason, exit status 1."""
+    from tune.mlflow_utils import end_run
+
+    statuses = {r["trial_id"]: "FAILED" if r["status"] == "ERROR" else "FINISHED" for r in rows}
+    try:
+        _end_leftover_child_runs(uri, exp_id, parent, statuses)
+        client.set_tag(parent, "pahcl.state", "failed")
+        client.set_tag(parent, "pahcl.error", reason[:4900])
+        end_run(uri, parent, "FAILED")
+    except Exception as e:  # noqa: BLE001 - the store being down must not hide the trials' error
+        _log(f"[mlflow] WARNING: could not mark the parent run failed ({type(e).__name__})")
+    _log(f"[search] FAILED: {reason}")
+    _log(f"[search] no best configuration written; full tracebacks: {exp_path}/*/error.txt")
+    return {"interrupted": False, "failed": True, "reason": reason, "exp_path": exp_path, "state_dir": state_dir,
+            "stage_dir": stage_dir, "exit_code": 1}
+
+
 def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots) -> None:
     from tune.mlflow_utils import end_run
 
@@ -485,13 +650,35 @@ def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, pl
     end_run(uri, parent, "FINISHED")
 
 
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (kill, docker stop, a job scheduler) ends the search like Ctrl+C: Ray Tune stops the trials
+    and saves the experiment, the MLflow runs are ended, and --resume continues."""
+    import signal
+
+    def forward(signum, frame):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+
+
 def cli(argv=None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _sigterm_as_ctrl_c()
     try:
         res = main(argv)
-    except ConfigError as e:  # SpaceError included
+    except (ConfigError, DataSpecError, NoUsableRecordingsError) as e:  # SpaceError included
+        _end_open_parent("FAILED", f"{type(e).__name__}: {e}")
+        _remove_empty_made_dirs()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        _end_open_parent("KILLED", "interrupted (Ctrl+C or SIGTERM) before the search finished")
+        _remove_empty_made_dirs()
+        print("interrupted", file=sys.stderr)
+        return 3
+    except BaseException as e:
+        _end_open_parent("FAILED", f"{type(e).__name__}: {e}")
+        raise
     return int(res.get("exit_code", 0))
 
 

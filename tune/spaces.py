@@ -486,6 +486,7 @@ def load_space(
     data = raw.get("data", "synthetic")
     if not isinstance(data, str):
         raise SpaceError(f"data: expected a data spec string like synthetic:64, got {data!r}")
+    data = _absolute_data(data)
     metric = raw.get("metric", "val/knn_acc")
     if metric not in KNOWN_METRICS + RAW_LOSS_METRICS:
         raise SpaceError(f"metric: {metric!r} is not reported by the Trainer; allowed: {', '.join(KNOWN_METRICS)}")
@@ -520,6 +521,10 @@ def load_space(
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
         raise SpaceError("params: expected a mapping of dotted config keys to distributions")
+    if not params_raw:
+        raise SpaceError("params: empty; a search needs at least one searched key, e.g. training.learning_rate: "
+                         "{type: float, low: 1e-4, high: 1e-2, log: true} (one fixed configuration: python -m "
+                         "pahcl.pretrain --config FILE)")
     for k in params_raw:
         _check_dotted_key("params", k)
         if k in fixed:
@@ -560,6 +565,17 @@ def load_space(
     _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
     _validate_against_config(sp)
     return sp
+
+
+def _absolute_data(data: str) -> str:
+    """The data spec with its folder resolved against the current directory, once, here: trials run in
+    their own working directory, where a relative ``circor:../data`` means another folder."""
+    from pahcl.data.readers import DataSpecError, absolute_spec
+
+    try:
+        return absolute_spec(data)
+    except DataSpecError as e:
+        raise SpaceError(f"--data / data: {e}") from None
 
 
 def _validate_against_config(sp: Space) -> None:

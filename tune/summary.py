@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,7 @@ def collect_trials(result_grid, space) -> list[dict]:
         if value is None and metric_vals:
             value = metric_vals[-1]
         best = (max if space.mode == "max" else min)(metric_vals) if metric_vals else None
-        trial_id = last.get("trial_id", "?")
+        trial_id = last.get("trial_id") or _id_from_dirname(Path(r.path).name if r.path else "")
         rows.append({
             "trial_id": last.get("trial_id", trial_id),
             "trial_name": Path(r.path).name if r.path else "",
@@ -47,10 +48,42 @@ def collect_trials(result_grid, space) -> list[dict]:
             "stopped_early": (not err) and epochs < space.max_epochs,
             "status": "ERROR" if err else "TERMINATED",
             "mlflow_run_id": last.get("mlflow_run_id", ""),
+            "error": error_line(r.error) if err else "",
             "history": hist,
             "path": r.path,
         })
     return rows
+
+
+def _id_from_dirname(name: str) -> str:
+    """``train_pahcl_ca241559_1_model...`` -> ``ca241559`` (a trial that failed before its first report)."""
+    m = re.match(r"^[A-Za-z_]+?_([0-9a-f]{5,})_\d+", name)
+    return m.group(1) if m else "?"
+
+
+def error_line(error: BaseException | None) -> str:
+    """The one line that says why a trial failed: the last ``SomeError: message`` line of Ray's wrapped
+    traceback (the original exception), without the retry note."""
+    if error is None:
+        return ""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    hits = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*?: ", ln)]
+    line = hits[-1] if hits else (lines[-1] if lines else type(error).__name__)
+    line = re.sub(r"^RuntimeError: (?=\w+(Error|Exception)\b)", "", line)
+    return line.replace(" [not retried: this failure repeats from the same checkpoint]", "")
+
+
+def no_result_reason(rows: list[dict]) -> str | None:
+    """None when at least one trial produced a finite metric, else why none did (the first trial's error)."""
+    if any(math.isfinite(r["metric"]) for r in rows):
+        return None
+    if not rows:
+        return "no trial ran"
+    errs = [r for r in rows if r.get("error")]
+    if errs:
+        first = sorted(errs, key=lambda r: r["trial_name"])[0]
+        return f"all {len(rows)} trials failed; first error (trial {first['trial_id']}): {first['error']}"
+    return f"none of the {len(rows)} trials reported the metric"
 
 
 def _key(params: dict) -> str:

@@ -67,6 +67,22 @@ SPILL_NAME = "mlflow_unsent.jsonl"  # metrics MLflow could not take (store down 
 NONRETRYABLE = "pahcl_nonretryable.json"  # in the trial's storage dir: a deterministic failure, do not retry
 
 
+def _mark_nonretryable(marker: Path | None, reason: str, step: int) -> None:
+    """Record a failure that repeats from the same checkpoint: Ray's retry of this trial fails at once."""
+    if marker is not None:
+        marker.write_text(json.dumps({"reason": reason, "step": int(step)}))
+
+
+def _deterministic_errors() -> tuple[type[BaseException], ...]:
+    from pahcl.config import ConfigError
+    from pahcl.data.readers import DataSpecError, NoUsableRecordingsError
+
+    return (ConfigError, DataSpecError, NoUsableRecordingsError)
+
+
+DETERMINISTIC_ERRORS = _deterministic_errors()  # user errors: retrying cannot fix them
+
+
 def _storage_trial_dir() -> Path | None:
     """The trial's directory under the experiment (where Ray persists its checkpoints), or None."""
     try:
@@ -165,12 +181,15 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             injector.event("trial_start", resumed_from_epoch=None, refused=reason)
         raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
     ov = trial_overrides(config, consts)
-    cfg = build_config(consts["base_tree"], ov)
-
-    # Data: loaded once per trial, cached under the run directory (absolute path; trials do not run in cwd).
-    # The split uses the search's base seed so --seeds repeats differ in training only, not in the val set.
-    split_cfg = dataclasses.replace(cfg, seed=int(consts.get("split_seed", cfg.seed)))
-    train, val = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None)
+    try:  # a bad config or data spec fails the same way on every retry: fail once, do not retry
+        cfg = build_config(consts["base_tree"], ov)
+        # Data: loaded once per trial, cached under the run directory (absolute paths: trials do not run in
+        # cwd). The split uses the search's base seed so --seeds repeats differ in training only.
+        split_cfg = dataclasses.replace(cfg, seed=int(consts.get("split_seed", cfg.seed)))
+        train, val = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None)
+    except DETERMINISTIC_ERRORS as e:
+        _mark_nonretryable(nonretry, f"{type(e).__name__}: {e}", step=0)
+        raise
 
     # MLflow child run: created here (nested under the search's parent run), reused on restore.
     uri, exp_id, parent = consts["tracking_uri"], consts["experiment_id"], consts["parent_run_id"]
@@ -246,8 +265,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
         reason = f"{type(e).__name__}: {e}"
         if injector:
             injector.event("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
-        if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError)) and nonretry is not None:
-            nonretry.write_text(json.dumps({"reason": reason, "step": trainer.global_step}))
+        if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError) + DETERMINISTIC_ERRORS):
+            _mark_nonretryable(nonretry, reason, step=trainer.global_step)
         spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
         if run_id is not None and not logger.degraded:  # the reason on the child run (FAILED)
             try:

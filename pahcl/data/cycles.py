@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .preprocess import preprocess_signal
-from .readers import DataSpec, NoUsableRecordingsError, SkipLog, iter_recordings, parse_spec, spec_files
+from .readers import DataSpec, NoUsableRecordingsError, absolute_spec, SkipLog, iter_recordings, parse_spec, spec_files
 from .segmentation import from_annotations, segment
 from .types import Cycle, Recording
 
@@ -174,7 +174,7 @@ def cache_key(spec: DataSpec, data_cfg) -> tuple[str, dict]:
     cfg.pop("val_fraction", None)
     inputs = {
         "code_version": CODE_VERSION,
-        "spec": str(spec),
+        "spec": absolute_spec(spec),  # circor:../x and circor:/abs/x are one cache entry
         "path": str(spec.path) if spec.path is not None else None,
         "files": spec_files(spec),
         "data": cfg,
@@ -209,9 +209,17 @@ def _read(folder: Path) -> CycleSet:
 def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] | None = print) -> CycleSet:
     """Cycles of ``spec`` under ``data_cfg``; cached under ``cache_dir`` (None = no cache).
 
-    ``cs.info["cache"]`` is "hit", "miss" or "off". Raises DataSpecError / NoUsableRecordingsError.
+    ``cs.info["cache"]`` is "hit", "miss" or "off"; ``cs.info["spec"]`` is the absolute spec and
+    ``cs.info["fingerprint"]`` the cache key (spec, files, data settings): what a checkpoint records of its
+    data. Raises DataSpecError / NoUsableRecordingsError.
     """
     s = parse_spec(spec) if isinstance(spec, str) else spec
+    cs = _load_cycles(s, data_cfg, cache_dir, log)
+    cs.info.update(spec=absolute_spec(s), fingerprint=cache_key(s, data_cfg)[0])
+    return cs
+
+
+def _load_cycles(s: DataSpec, data_cfg, cache_dir, log) -> CycleSet:
     if cache_dir is None:
         cs = build_cycles(s, data_cfg, log)
         cs.info["cache"] = "off"

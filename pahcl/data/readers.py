@@ -151,6 +151,16 @@ def parse_spec(spec: str) -> DataSpec:
     return DataSpec(kind, arg, tuple(options))
 
 
+def absolute_spec(spec: str | DataSpec) -> str:
+    """The spec with its folder made absolute (from the current directory), options kept: a process that
+    runs elsewhere (a Ray trial runs in its own working directory) reads the same files. Validates the spec
+    (``DataSpecError``). ``synthetic`` specs come back normalised."""
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    if s.kind == "synthetic":
+        return str(s)
+    return str(DataSpec(s.kind, str(s.path), s.options))
+
+
 def spec_files(spec: DataSpec) -> list[tuple[str, int, int]]:
     """Fingerprint of the input files: sorted (relative path, size, mtime_ns); [] for synthetic."""
     if spec.path is None:
@@ -337,5 +347,5 @@ def read_recordings(spec: str | DataSpec, skips: SkipLog | None = None) -> list[
     return recs
 
 
-__all__ = ["DataSpec", "DataSpecError", "NoUsableRecordingsError", "READERS", "SkipLog", "allowed_kinds",
+__all__ = ["DataSpec", "absolute_spec", "DataSpecError", "NoUsableRecordingsError", "READERS", "SkipLog", "allowed_kinds",
            "iter_recordings", "load_wav", "parse_spec", "read_recordings", "read_tsv_annotations", "spec_files"]
