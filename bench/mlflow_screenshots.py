@@ -47,12 +47,16 @@ def run_search(results: Path, smoke: bool) -> dict[str, str]:
     cmd = [sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "moco_stage2", "--results-dir", str(results)]
     cmd += ["--smoke-test"] if smoke else []
     print("[shots] " + " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        sys.exit(f"[shots] the search failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    printed = parse_compare_trials_message(out.stdout)
+    lines = []
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # the search's own output, as it comes
+            print(line, end="", flush=True)
+            lines.append(line)
+    if proc.returncode != 0:
+        sys.exit(f"[shots] the search failed (exit {proc.returncode})")
+    printed = parse_compare_trials_message("".join(lines))
     if not {"trials", "charts"} <= set(printed):
-        sys.exit("[shots] the search printed no trials URLs:\n" + out.stdout[-3000:])
+        sys.exit("[shots] the search printed no trials URLs")
     return printed
 
 
