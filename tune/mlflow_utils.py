@@ -539,6 +539,9 @@ def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+MAX_NOTE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+
+
 def search_description(search_id: str, metric: str, mode: str, experiment_id: str, parent_run_id: str,
                        rows: list[Mapping[str, Any]], plots: Iterable[str] = (), verdict: str | None = None) -> str:
     """The parent run's description (markdown): what ran, the verdict, the ranked table with links to the
@@ -555,19 +558,25 @@ def search_description(search_id: str, metric: str, mode: str, experiment_id: st
         lines.append(f"**Verdict:** no trial produced `{metric}`.")
     if verdict:
         lines.append(f"**Confirmation:** {_md(verdict)}")
+    art = f"#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts"
+    tail = ["", "Files (artifacts of this run): `results.csv`, `configs.csv`, `best_config.yaml`, `summary.json`."]
+    plots = list(plots)
+    if plots:
+        tail[1:1] = ["Plots: " + " · ".join(f"[{Path(p).stem.replace('_', ' ')}]({art}/plots/{Path(p).name})"
+                                          for p in plots), ""]
     lines += ["", f"| rank | trial | {metric} | epochs | end |", "|---:|---|---:|---:|---|"]
+    size = sum(len(x) + 1 for x in lines + tail) + 200
     for i, r in enumerate(rows, 1):
         name = _md(r["name"])
         link = f"[{name}](#/experiments/{experiment_id}/runs/{r['run_id']})" if r.get("run_id") else name
         val = "–" if r.get("value") is None else f"{r['value']:.4f}"
-        lines.append(f"| {i} | {link} | {val} | {r.get('epochs', '')} | {_md(r.get('end', ''))} |")
-    plots = list(plots)
-    if plots:
-        art = f"#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts"
-        lines += ["", "Plots: " + " · ".join(f"[{Path(p).stem.replace('_', ' ')}]({art}/plots/{Path(p).name})"
-                                           for p in plots)]
-    lines += ["", "Files (artifacts of this run): `results.csv`, `configs.csv`, `best_config.yaml`, `summary.json`."]
-    return "\n".join(lines)
+        row = f"| {i} | {link} | {val} | {r.get('epochs', '')} | {_md(r.get('end', ''))} |"
+        if size + len(row) > MAX_NOTE:  # MLflow keeps at most 8000 characters in a tag
+            lines.append(f"| … | {len(rows) - i + 1} more in `results.csv` | | | |")
+            break
+        lines.append(row)
+        size += len(row) + 1
+    return "\n".join(lines + tail)
 
 
 def describe_search(uri: str, parent_run_id: str, metric: str, mode: str, ranked, plots: Iterable[str] = (),

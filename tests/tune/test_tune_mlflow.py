@@ -145,6 +145,9 @@ def test_search_description_markdown():
     assert "| 1 | [m=0.99 lr=1.3e-3 #1](#/experiments/7/runs/r1) | 0.4123 | 3 | completed 3 epochs |" in text
     assert "| 3 | m\\|x #3 | – | 0 | failed |" in text
     assert "[optimization history](#/experiments/7/runs/P/artifacts/plots/optimization_history.png)" in text
+    many = [dict(rows[0], name=f"lr=1.0e-3 #{i}", run_id="r" * 32) for i in range(200)]
+    long = search_description("s-1", "val/knn_acc", "max", "7", "P", many, ["optimization_history.png"])
+    assert len(long) <= 8000 and "more in `results.csv`" in long and "Plots:" in long  # fits a tag
 
 
 def _writer(uri, run_id, n, k):
