@@ -413,8 +413,9 @@ def _init_ray(args, num_cpus: int | None = None) -> bool:
     return True
 
 
-def _end_leftover_child_runs(uri: str, exp_id: str, parent: str, statuses: dict[str, str]) -> int:
-    """Safety net after fit(): a child run still RUNNING gets the status of its trial."""
+def _end_leftover_child_runs(uri: str, exp_id: str, parent: str, statuses: dict[str, str],
+                             reasons: dict[str, str] | None = None) -> int:
+    """Safety net after fit(): a child run still RUNNING gets the status (and end reason) of its trial."""
     from tune.mlflow_utils import _client, child_runs, end_run
 
     n = 0
@@ -424,7 +425,8 @@ def _end_leftover_child_runs(uri: str, exp_id: str, parent: str, statuses: dict[
         tid = run.data.tags.get("pahcl.trial_id")
         status = statuses.get(tid, "KILLED")
         end_run(uri, run.info.run_id, status)
-        _client(uri).set_tag(run.info.run_id, "pahcl.end_reason", f"{status} (driver safety net)")
+        reason = (reasons or {}).get(tid, status)
+        _client(uri).set_tag(run.info.run_id, "pahcl.end_reason", f"{reason} (driver safety net)")
         n += 1
     return n
 
@@ -516,7 +518,7 @@ def main(argv=None) -> dict[str, Any]:
     cache_dir = results_dir / "cache"
     _make_dirs(ray_dir, cache_dir)
 
-    from tune.mlflow_utils import create_parent_run, git_commit
+    from tune.mlflow_utils import create_parent_run, git_commit, save_trials_view, trials_url
     from tune.resources import TrialResources, plan_resources
 
     if meta is None:
@@ -546,6 +548,7 @@ def main(argv=None) -> dict[str, Any]:
                   **{f"fixed.{k}": v for k, v in space.fixed.items()}}
         parent = create_parent_run(uri, exp_id, search_id, tags, params)
         _OPEN_PARENT.update(uri=uri, run_id=parent)
+        save_trials_view(uri, exp_id, space.metric, space.mode, list(space.params))
         mlflow_ids = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
         consts = build_consts(space, args, search_id, cache_dir, mlflow_ids, res)
         state_dir = stage_dir / "searches" / search_id
@@ -558,7 +561,9 @@ def main(argv=None) -> dict[str, Any]:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json(state_dir / META_NAME, meta)
         _write_text_atomic(stage_dir / "latest", search_id + "\n")  # two searches: the last one wins, never a mix
-        _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id})")
+        from shlex import quote
+
+        _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id}); trials: {quote(trials_url(uri, exp_id))}")
         resuming = False
     else:
         consts = meta["consts"]
@@ -626,7 +631,8 @@ def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
                                reduction_factor=space.reduction_factor, state_file=str(state_dir / ASHA_STATE),
                                metric=space.metric, mode=space.mode)
     callbacks = [EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"],
-                                      mlflow_ids["parent_run_id"], space.max_epochs),
+                                      mlflow_ids["parent_run_id"], space.max_epochs,
+                                      asha_state=str(state_dir / ASHA_STATE)),
                  InterruptAfterTrials()]
     return tune.Tuner(
         trainable,
@@ -677,12 +683,13 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
     failed = no_result_reason(rows)
     if failed is not None:
         return _fail_search(client, uri, exp_id, parent, rows, failed, stage_dir, state_dir, exp_path)
-    run_status = {}
-    for r in rows:
-        run_status[r["trial_id"]] = "FAILED" if r["status"] == "ERROR" else ("KILLED" if r["stopped_early"] else "FINISHED")
+    from tune.mlflow_utils import early_stop_reason
+
+    run_status = {r["trial_id"]: "FAILED" if r["status"] == "ERROR" else "FINISHED" for r in rows}
+    reasons = {r["trial_id"]: early_stop_reason(r["epochs"]) for r in rows if r["stopped_early"]}
     mlflow_down = None  # the tracking store going away must not cost the search its result files
     try:
-        n_fixed = _end_leftover_child_runs(uri, exp_id, parent, run_status)
+        n_fixed = _end_leftover_child_runs(uri, exp_id, parent, run_status, reasons)
         if n_fixed:
             _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
     except Exception as e:  # noqa: BLE001
@@ -720,9 +727,9 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the parent run was not updated. Results are in "
              f"{stage_dir} (results.csv, best_config.yaml, summary.json)")
     _log(f"[search] done in {wall:.0f} s (tuning {fit_s:.0f} s). MLflow: {uri} (parent run {parent})")
-    if uri.startswith("sqlite:"):
-        _log(f"[search] compare trials: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri}"
-             "   (then open http://127.0.0.1:5000)")
+    from tune.mlflow_utils import compare_trials_message
+
+    _log(compare_trials_message(uri, exp_id, parent, Path(sys.executable).parent / "mlflow"))
     return {"interrupted": False, "exp_path": exp_path, "state_dir": state_dir, "df": df, "agg": agg, "summary": out.get("summary"),
             "wall_s": wall, "exit_code": 0, "parent_run_id": parent, "tracking_uri": uri, "stage_dir": stage_dir,
             "mlflow_ok": mlflow_down is None}
@@ -764,6 +771,9 @@ def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, pl
             client.log_artifact(parent, str(stage_dir / name))
     for p in plots:
         client.log_artifact(parent, str(p), artifact_path="plots")
+    from tune.mlflow_utils import describe_search
+
+    describe_search(uri, parent, space.metric, space.mode, df, [p.name for p in plots])
     client.set_tag(parent, "pahcl.state", "finished")
     end_run(uri, parent, "FINISHED")
 

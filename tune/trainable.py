@@ -130,13 +130,14 @@ def restore_latest_good(trainer_factory, ckpt, log) -> tuple[Any, str | None, li
 
 def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov) -> str:
     """The trial's nested child run: created on first start, reused (set RUNNING) on a retry/restore."""
-    from tune.mlflow_utils import PARENT_TAG, find_child_run
+    from tune.mlflow_utils import PARENT_TAG, find_child_run, trial_number, trial_run_name
 
     run = find_child_run(client, exp_id, parent, trial_id)
     if run is None:
         from mlflow.entities import Param
 
-        run = client.create_run(exp_id, run_name=trial_name, tags={
+        name = trial_run_name(config, trial_number(_storage_trial_dir(), trial_name))  # m=0.995 lr=2.2e-3 #4
+        run = client.create_run(exp_id, run_name=name, tags={
             PARENT_TAG: parent, "pahcl.stage": consts["stage"], "pahcl.search_id": consts["search_id"],
             "pahcl.trial_id": trial_id, "pahcl.trial_name": trial_name, "pahcl.role": "trial",
             "pahcl.seed_index": str(config.get(SEED_INDEX_KEY, 0)),
