@@ -157,7 +157,7 @@ def _comparable(opt: str, value):
 
 
 def check_resume_options(args, meta: dict) -> None:
-    """--resume with an option that differs from the one the search started with: SpaceError (exit 2) naming
+    """--resume with an option that differs from the one the search started with: ConfigError (exit 2) naming
     the options, their original values and the fix. Repeating the original value is fine."""
     cli, consts, bad = meta.get("cli") or {}, meta.get("consts") or {}, []
     original = {**{opt: cli.get(opt) for opt in RESUME_FIXED}, "budget": meta.get("budget"),

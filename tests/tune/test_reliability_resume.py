@@ -53,7 +53,9 @@ def _stalled_step_in_mlflow(results: Path, ev: list[dict]) -> bool:
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("pahcl-search").experiment_id],
                               f"tags.`pahcl.trial_id` = '{stalled[0]}'")
-    return bool(runs) and STEPS_PER_EPOCH + 1 in {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}
+    if not runs:
+        return False
+    return STEPS_PER_EPOCH + 1 in {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}
 
 
 def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file, tmp_path, monkeypatch, capsys):
