@@ -523,6 +523,7 @@ def main(argv=None) -> dict[str, Any]:
 
     if meta is None:
         search_id = claim_search_id(stage_dir, space.name)  # unique even for searches started in the same second
+        _MADE_DIRS.extend([stage_dir / "searches", stage_dir / "searches" / search_id])  # removed if left empty
         exp_path = ray_dir / search_id
         # Data once in the driver: validates the spec and fills the shared cache before trials race for it.
         from pahcl.config import build_config
