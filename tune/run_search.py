@@ -89,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke-test", action="store_true", help="minimal search: tiny preset, 2 trials x 2 epochs")
     p.add_argument("--preset", default=None, help="override the space's preset (auto, full, small, tiny)")
     p.add_argument("--budget", default=None, help="apply a named budget of the space file (e.g. synthetic_cpu)")
+    p.add_argument("--allow-degenerate", action="store_true", help="run even when the pre-Ray guard finds the "
+                   "queue larger than the training set or trials shorter than 1/(1-m) steps (tune/guard.py)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its latest "
                    "checkpoint (Ray FailureConfig.max_failures; NaN loss / repeated OOM are never retried)")
     a = p.parse_args(argv)
@@ -118,6 +120,7 @@ def choose_budget(args) -> str | None:
 
         if not torch.cuda.is_available():
             return "?synthetic_cpu"  # "?": used when the space file defines it, else the file as is
+        return "?synthetic_cuda"  # sized so the guard (tune/guard.py) passes with the full preset
     return None
 
 
@@ -132,7 +135,14 @@ def build_consts(space, args, search_id: str, cache_dir: Path, mlflow_ids: dict,
         "tracking_uri": mlflow_ids["tracking_uri"], "experiment_id": mlflow_ids["experiment_id"],
         "parent_run_id": mlflow_ids["parent_run_id"], "flush_seconds": 5.0,
         "gpu_fraction": res.gpu_fraction, "threads_per_trial": max(1, int(res.cpus)),
+        "gpu_simulation": _gpu_simulation(),
     }
+
+
+def _gpu_simulation():
+    from tune.gpu import sim_consts
+
+    return sim_consts()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -152,8 +162,24 @@ def _init_ray(args, num_cpus: int | None = None) -> bool:
         ray.init(address=args.address, runtime_env=env, log_to_driver=True)
     else:
         # Local, private: no dashboard (nothing listens beyond Ray's own ports). Ray's token auth stays on.
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=env)
+        from tune.gpu import local_num_gpus
+
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=local_num_gpus(), include_dashboard=False,
+                 runtime_env=env)
     return True
+
+
+def _guard_and_gpus(space, n_train: int, res, seeds: int, args) -> None:
+    """Before any MLflow run: the search guard (tune/guard.py); with --address and GPUs requested, join
+    the cluster now and check it has GPUs (a clear error instead of trials pending forever)."""
+    from tune.guard import check_search
+
+    check_search(space, n_train, res, seeds, allow=args.allow_degenerate, log=_log)
+    if args.address and res.gpus > 0:
+        from tune.gpu import check_cluster_gpus
+
+        _init_ray(args)
+        check_cluster_gpus(res.gpus)
 
 
 def _end_leftover_child_runs(uri: str, exp_id: str, parent: str, statuses: dict[str, str]) -> int:
@@ -269,7 +295,9 @@ def main(argv=None) -> dict[str, Any]:
         cfg0 = build_config(space.base_tree(), space.trial_overrides({k: d.candidates()[0] for k, d in space.params.items()}))
         tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
         _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles (cache {cache_dir})")
-        res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log)
+        res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log,
+                             address=args.address)
+        _guard_and_gpus(space, len(tr), res, seeds, args)
         uri = resolve_tracking_uri(args.mlflow_uri, results_dir)
         exp_id = ensure_experiment(uri, results_dir)
         tags = {"pahcl.stage": space.name, "pahcl.space_file": str(space.path.relative_to(REPO_ROOT))
@@ -319,7 +347,7 @@ def main(argv=None) -> dict[str, Any]:
     faults = faults_from_env()
     trainable = tune.with_resources(tune.with_parameters(train_pahcl, consts=consts, faults=faults), res.as_ray())
     total = int(meta["total_trials"])
-    started_ray = _init_ray(args)
+    started_ray = _init_ray(args) or bool(args.address)  # joined early by _guard_and_gpus: leave it after
     try:
         if resuming:
             from ray.tune import Tuner
