@@ -9,6 +9,10 @@
     # resume the same run from runs/y/checkpoint_last.pt (config taken from the checkpoint; --set still applies)
     python -m pahcl.pretrain --data yaseen:../shared/data/yaseen2018 --out runs/y --resume
 
+    # a complete config file (a search's results/<stage>/best_config.yaml, any config.yaml written here)
+    # runs exactly as written: no preset is merged over it unless --preset is given
+    python -m pahcl.pretrain --config results/moco_stage2/best_config.yaml --data circor:/data/circor --out runs/best
+
     # any config key: --set section.key=value (repeatable); --preset auto|full|small|tiny
     python -m pahcl.pretrain --config pahcl/configs/pretrain.yaml --preset small --set model.use_moco=false --out runs/simclr
 
@@ -35,13 +39,23 @@ def _parse(argv):
                                                  "physionet2016:); default synthetic")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, repeatable (e.g. training.num_epochs=30)")
-    p.add_argument("--preset", default="auto", help="auto (full on CUDA, small on CPU) | full | small | tiny")
+    p.add_argument("--preset", default=None, help="auto (full on CUDA, small on CPU) | full | small | tiny; default "
+                   "auto, or none when --config is a complete config (e.g. a search's best_config.yaml)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--cache-dir", default=None, help="cycle cache directory (default OUT/cache)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
     p.add_argument("--smoke-test", action="store_true", help="tiny preset, synthetic:8, 2 epochs of <= 2 steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
+
+
+def _complete_file(path: str) -> bool:
+    from pahcl.config import ConfigError, is_complete_config, read_yaml_mapping
+
+    try:
+        return is_complete_config(read_yaml_mapping(path))
+    except ConfigError:
+        return False  # load_config reports the file's problem below
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = ["training.num_epochs=2", "training.max_steps_per_epoch=2", "training.warmup_epochs=1",
                      "model.queue_size=32",  # below the ~44 training cycles of synthetic:8
                      "training.device=cpu", *overrides]
+    elif args.preset is None and args.config and _complete_file(args.config):
+        preset, why = None, "--config is a complete config: no preset applied"
     elif args.preset in (None, "auto"):
         preset = resolve_preset("auto")
         why = "auto: CUDA available" if torch.cuda.is_available() else "auto: no CUDA, CPU default"
@@ -74,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"resuming from {ckpt} (epoch {ckpt_state['epoch']}, step {ckpt_state['step']}); config from the checkpoint")
         else:
             cfg = load_config(args.config, overrides, preset=preset)
-            say(f"preset: {preset} ({why})")
+            say(f"preset: {preset or 'none'} ({why})")
     except ConfigError as e:
         say(f"config error: {e}")
         return 2
@@ -122,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bar is not None:
             bar.close()
     summary = {"out": str(out), "epochs": trainer.epoch, "steps": trainer.global_step,
-               "seconds": round(time.perf_counter() - t0, 2), "preset": preset if not args.resume else "checkpoint",
+               "seconds": round(time.perf_counter() - t0, 2), "preset": (preset or "none") if not args.resume else "checkpoint",
                "device": str(trainer.device), **last}
     print(json.dumps(summary), flush=True)
     return 0
