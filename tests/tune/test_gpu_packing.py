@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,8 +128,9 @@ def ray_head(free_port):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 90
+        env = dict(os.environ, RAY_AUTH_MODE="token")  # the head enables token auth (~/.ray/auth_token)
         while subprocess.run([cmd[0], "status", f"--address=127.0.0.1:{free_port}"], capture_output=True,
-                             timeout=60).returncode != 0:  # until the head (GCS + raylet) is up
+                             env=env, timeout=60).returncode != 0:  # until the head (GCS + raylet) is up
             assert proc.poll() is None and time.time() < deadline, "ray start --head did not come up"
             time.sleep(2)
         yield f"127.0.0.1:{free_port}"
@@ -136,15 +138,16 @@ def ray_head(free_port):
         pids = descendants({proc.pid})
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # `ray start --block` can take long to stop its children
             pass
-        time.sleep(2)
         for pid in descendants(pids) | pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_packing_auto_known_peak_on_a_joined_cluster(ray_head, tmp_path):
