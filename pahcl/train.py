@@ -33,7 +33,8 @@ grad_norm, lr, cycle_acc (means over the step's micro-batches), epoch (0-based e
 step (optimizer steps done), cycles_per_s; MoCo adds kq_cos, queue_fill, queue_ptr every step and
 drift, drift/cnn, drift/mamba, drift/projector on steps where ``step % log_interval == 0`` and on the
 last step of every epoch (every step if any callback has ``every_step_drift = True``); on other steps
-the drift keys are absent.
+the drift keys are absent. ``last_in_epoch`` = 1.0 on the last optimizer step of each epoch (both modes;
+absent otherwise): step loggers log that step whatever their interval.
 
 Epoch metrics (``Callback.on_epoch_end``, after validation): epoch (completed epochs, 1-based), step,
 train/loss (epoch mean), val/knn_acc and val/knn_bal_acc (cycle-level weighted kNN, training cycles as
@@ -356,6 +357,8 @@ class Trainer:
             metrics["queue_ptr"] = float(int(self.model.queue_ptr[0]))
             if self.every_step_drift or last_in_epoch or self.global_step % t.log_interval == 0:
                 metrics.update({k: float(v) for k, v in self.model.drift().items()})
+        if last_in_epoch:  # loggers key on this (SimCLR has no drift): every epoch's last step is logged
+            metrics["last_in_epoch"] = 1.0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         metrics["cycles_per_s"] = n_cycles / max(time.perf_counter() - t0, 1e-9)
