@@ -66,10 +66,10 @@ def largest_overrides(space) -> dict[str, Any]:
     return space.trial_overrides(params)
 
 
-def probe_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+def probe_overrides(overrides: dict[str, Any], steps: int = 2) -> dict[str, Any]:
     """A trial's overrides as the probe runs them: everything kept (so the config validates exactly as the
-    trial's does: warmup <= num_epochs, queue, accumulation), only two optimizer steps per epoch."""
-    return {**overrides, "training.max_steps_per_epoch": 2}
+    trial's does: warmup <= num_epochs, queue, accumulation), only ``steps`` optimizer steps per epoch."""
+    return {**overrides, "training.max_steps_per_epoch": int(steps)}
 
 
 def _nvidia_smi_used() -> int | None:
@@ -86,8 +86,11 @@ def _rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_probe(tree: dict, overrides: dict, data: str, cache_dir: str, device: str) -> dict[str, Any]:
-    """Build the trial's Trainer on ``device``, run two optimizer steps and one validation pass; measure."""
+def run_probe(tree: dict, overrides: dict, data: str, cache_dir: str, device: str, steps: int = 2,
+              validate: bool = True, cap: float | None = None, amp: str = "auto") -> dict[str, Any]:
+    """Build the trial's Trainer on ``device``, run ``steps`` optimizer steps and (``validate``) one validation
+    pass; measure memory and step times. ``cap``: a per-process CUDA allocator cap applied first (as a packed
+    trial does); ``amp``: ``auto`` (the config's rule), ``fp32`` or ``bf16`` (bench/gpu_check.py)."""
     import resource
     import time
 
@@ -98,12 +101,8 @@ def run_probe(tree: dict, overrides: dict, data: str, cache_dir: str, device: st
 
     out: dict[str, Any] = {"device": device}
     if device == "cuda":
-        used_before = _nvidia_smi_used()
-        torch.cuda.init()
-        free0, total = torch.cuda.mem_get_info()
-        out.update(total=int(total), used_before=used_before, context_includes_others=used_before is None)
-        out["context"] = int(total - free0 - (used_before or 0))
-    cfg = build_config(tree, {**probe_overrides(overrides), "training.device": device})
+        out.update(_cuda_start(cap))
+    cfg = build_config(tree, {**overrides, "training.max_steps_per_epoch": int(steps), "training.device": device})
     train, val = prepare_data(cfg, data, cache_dir=cache_dir, log=lambda m: None)
     out["baseline_rss"] = _rss_bytes()
     if device == "cuda":
@@ -116,26 +115,51 @@ def run_probe(tree: dict, overrides: dict, data: str, cache_dir: str, device: st
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
 
-    tr = Trainer(cfg, train, val, callbacks=[_Clock()], log=lambda m: None)
+    amp_dtype = {"auto": "auto", "fp32": None, "bf16": torch.bfloat16}[amp]
+    tr = Trainer(cfg, train, val, callbacks=[_Clock()], log=lambda m: None, amp_dtype=amp_dtype)
     t0 = time.perf_counter()
     tr.train_epoch(0)
-    tr.validate()
+    if validate:
+        tr.validate()
     if device == "cuda":
         torch.cuda.synchronize()
         out.update(peak_allocated=int(torch.cuda.max_memory_allocated()),
                    peak_reserved=int(torch.cuda.max_memory_reserved()))
     out["peak_rss"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    out["step_s"] = times[1] - times[0] if len(times) > 1 else (times[0] - t0 if times else None)
-    out.update(steps=len(times), batch_size=cfg.training.batch_size,
+    gaps = [b - a for a, b in zip([t0] + times[:-1], times)]
+    out["step_times"] = gaps
+    out["step_s"] = gaps[1] if len(gaps) > 1 else (gaps[0] if gaps else None)  # the first step allocates
+    out.update(steps=len(times), batch_size=cfg.training.batch_size, amp=str(tr.amp_dtype),
                accumulation=cfg.training.gradient_accumulation_steps, queue_size=cfg.model.queue_size,
-               use_moco=cfg.model.use_moco, train_cycles=len(train), val_cycles=len(val))
+               use_moco=cfg.model.use_moco, train_cycles=len(train), val_cycles=len(val),
+               mamba_backend=_backend(cfg.model.mamba_backend))
     return out
+
+
+def _backend(name: str) -> str:
+    from pahcl.models.mamba import resolve_backend
+
+    return str(resolve_backend(name))
+
+
+def _cuda_start(cap: float | None) -> dict[str, Any]:
+    """Before anything is allocated: who uses the device, the context this process adds, the cap."""
+    import torch
+
+    used_before = _nvidia_smi_used()
+    torch.cuda.init()
+    free0, total = torch.cuda.mem_get_info()
+    if cap:
+        torch.cuda.set_per_process_memory_fraction(float(cap))
+    return {"total": int(total), "used_before": used_before, "context_includes_others": used_before is None,
+            "context": int(total - free0 - (used_before or 0)), "cap": cap,
+            "gpu_name": torch.cuda.get_device_name(0)}
 
 
 def measure_peak_memory(space, data: str, cache_dir: Path, device: str = "cuda", timeout: int = 900) -> dict:
     """Run the probe for the space's largest configuration in a subprocess; the ``PROBE`` dict."""
-    args = json.dumps({"tree": space.base_tree(), "overrides": largest_overrides(space), "data": data,
-                       "cache_dir": str(Path(cache_dir).resolve()), "device": device})
+    args = json.dumps({"tree": space.base_tree(), "overrides": probe_overrides(largest_overrides(space)),
+                       "data": data, "cache_dir": str(Path(cache_dir).resolve()), "device": device})
     env = dict(os.environ, PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     out = subprocess.run([sys.executable, "-m", "tune.resources", args], capture_output=True, text=True,
                          timeout=timeout, env=env, cwd=str(REPO_ROOT))
@@ -207,5 +231,6 @@ def plan_resources(space, gpus_arg, cpus_arg, data: str, cache_dir: Path,
 
 if __name__ == "__main__":  # the probe subprocess (see the module docstring)
     a = json.loads(sys.argv[1])
-    res = run_probe(a["tree"], a["overrides"], a["data"], a["cache_dir"], a.get("device", "cuda"))
+    opts = {k: a[k] for k in ("steps", "validate", "cap", "amp") if k in a}
+    res = run_probe(a["tree"], a["overrides"], a["data"], a["cache_dir"], a.get("device", "cuda"), **opts)
     print("PROBE " + json.dumps(res), flush=True)
