@@ -75,14 +75,17 @@ def _cost(plan: dict, space, seeds: int, res) -> str:
             "not included)")
 
 
+def _span(plan: dict, key: str) -> str:
+    lo, hi = plan[f"{key}_min"], plan[f"{key}_max"]
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
 def check_search(space, n_train: int, res, seeds: int = 1, allow: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Print the plan; raise ``GuardError`` on a degenerate search unless allowed. Returns the plan."""
     plan = search_plan(space, n_train)
-    spe = (f"{plan['steps_per_epoch_min']}" if plan["steps_per_epoch_min"] == plan["steps_per_epoch_max"]
-           else f"{plan['steps_per_epoch_min']}-{plan['steps_per_epoch_max']}")
-    log(f"[guard] {n_train} training cycles; {spe} optimizer steps per epoch, "
-        f"{plan['steps_per_trial_min']}-{plan['steps_per_trial_max']} per {space.max_epochs}-epoch trial")
+    log(f"[guard] {n_train} training cycles; {_span(plan, 'steps_per_epoch')} optimizer steps per epoch, "
+        f"{_span(plan, 'steps_per_trial')} per {space.max_epochs}-epoch trial")
     log(f"[guard] estimated cost: {_cost(plan, space, seeds, res)}")
     problems = []
     if plan["moco"] and plan["queue_max"] > n_train:
