@@ -12,6 +12,10 @@ Per epoch: per-step metrics buffered to MLflow, epoch metrics logged, buffer flu
 from ``tune.get_checkpoint()`` with ``Trainer.load_checkpoint`` (epoch and step counters continue)
 and keeps logging to the same child run.
 
+GPU (``tune/gpu.py``): ``place_trial`` applies the planned allocator cap on the GPU Ray assigned and the
+trial reports ``gpu_ids``, ``gpu_share``, ``gpu_cap_fraction``, ``gpu_cap_gib``, ``trial_wall_start`` and
+``trial_wall_report`` with every result; an assigned GPU without CUDA in the trial is an error.
+
 Reliability (docs/reliability.md): a corrupt/truncated/refused newest checkpoint falls back to the trial's
 older ``checkpoint_*`` dirs, else a clean restart (``restore_latest_good``, tag ``pahcl.resume_fallback``);
 a failure is recorded on the child run (tag ``pahcl.error``, FAILED); NaN loss and OOM after the step

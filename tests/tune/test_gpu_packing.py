@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,10 +119,13 @@ def test_best_config_yaml_reproduces_the_winning_trial(quarter_search, tmp_path)
     assert "no preset applied" in out.stderr
 
 
-@pytest.fixture
-def ray_head(free_port):
+@pytest.fixture(scope="module")
+def ray_head():
     """A separately started `ray start --head` on loopback with 1 declared GPU; stopped by process group."""
     tmp = tempfile.mkdtemp(prefix="rayg", dir="/tmp")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={free_port}",
            "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=1", "--include-dashboard=false",
            f"--temp-dir={tmp}", "--disable-usage-stats"]
@@ -162,6 +166,21 @@ def test_packing_auto_known_peak_on_a_joined_cluster(ray_head, tmp_path):
     _check_packing(_trial_results(res, "packa"), n=4, k=3, cap=8 / 24, total_gib=24)
 
 
+def test_packing_trial_given_a_gpu_without_cuda_fails_clearly(ray_head, tmp_path):
+    """No simulation switch: a real run whose trial gets a (declared) GPU but has no CUDA must not train on CPU."""
+    space = _space(tmp_path, "nocuda", 1, 0.5)
+    env = {k: v for k, v in _env({}).items() if k not in ("PAHCL_SIMULATED_GPU", "PAHCL_FAULTS")}
+    out = subprocess.run(RUN + ["--space", str(space), "--results-dir", str(tmp_path / "r"), "--address", ray_head,
+                                "--max-failures", "0"], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=str(tmp_path))
+    errors = [f.read_text() for f in (tmp_path / "r" / "nocuda" / "ray").glob("*/*/error.txt")]
+    assert len(errors) == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "GpuUnavailableError" in errors[0] and "Ray assigned GPU(s) 0 (0.5 per trial) but torch has no CUDA" \
+        in errors[0]
+    assert not list((tmp_path / "r" / "nocuda" / "ray").glob("*/*/result.json")) or \
+        all(not f.read_text().strip() for f in (tmp_path / "r" / "nocuda" / "ray").glob("*/*/result.json"))
+
+
 def test_packing_gpu_request_without_any_gpu_exits_2(tmp_path):
     space = _space(tmp_path, "nogpu", 1, 0.5)
     env = {k: v for k, v in os.environ.items() if k != "PAHCL_SIMULATED_GPU"}
@@ -172,7 +191,7 @@ def test_packing_gpu_request_without_any_gpu_exits_2(tmp_path):
     assert not (tmp_path / "r" / "mlflow.db").exists()
 
 
-def test_packing_gpu_request_on_a_cluster_without_gpus_exits_2(ray_session, tmp_path):
+def test_packing_gpu_request_on_a_cluster_without_gpus_is_refused(ray_session):
     """The joined cluster (here the session's local Ray, no GPUs) is checked before any run is created."""
     from tune.gpu import check_cluster_gpus
 

@@ -28,7 +28,7 @@ def _params(**extra):
 
 
 @pytest.mark.parametrize("stage", ["simclr_stage1", "moco_stage2", "moco_stage3"])
-@pytest.mark.parametrize("budget", [None, "synthetic_cpu", "smoke"])
+@pytest.mark.parametrize("budget", [None, "synthetic_cpu", "synthetic_cuda", "smoke"])
 def test_shipped_spaces_validate(stage, budget, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
