@@ -419,12 +419,13 @@ def sec_gpu(j: dict | None) -> str:
                       "predicted / measured", "trials per GPU here", "per 24 GB card"], _gpu_probe_rows(j)), ""]
     p = j.get("packing") or {}
     if "aggregate_steps_per_s" in p:
-        out.append(f"Packing (stage 2's largest configuration, {p['steps']} steps, cap {p['cap_fraction']:.3f} each): "
+        cap = "no cap" if p.get("cap_fraction") is None else f"cap {p['cap_fraction']:.3f} each"
+        out.append(f"Packing (stage 2's largest configuration, {p['steps']} steps, {cap}): "
                    f"one alone {p['alone_steps_per_s']:.2f} steps/s; {p['k']} packed "
                    f"{p['aggregate_steps_per_s']:.2f} steps/s in aggregate ({p['speedup_vs_alone']:.2f}x).")
     else:
         out.append(f"Packing: {p.get('skipped') or p.get('errors')}")
-    rows = [[r.get("backend"), r.get("amp"), r.get("batch_size", ""), "—" if not r.get("median_step_s") else
+    rows = [[r.get("backend"), r.get("amp") or "—", r.get("batch_size", ""), "—" if not r.get("median_step_s") else
              f"{r['median_step_s']:.3f}", _gib(r.get("peak_reserved_gib")), r.get("skipped") or r.get("error") or ""]
             for r in j.get("amp") or []]
     out += ["", md_table(["Mamba backend", "precision", "batch", "median s/step", "peak reserve GiB", "note"], rows)]
