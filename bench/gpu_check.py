@@ -184,7 +184,8 @@ def run_amp(clock: Clock, device: str, smoke: bool, steps: int, cache: Path) -> 
                 continue
             ov = {"training.batch_size": 8 if smoke else 64, "training.gradient_accumulation_steps": 1,
                   "model.mamba_backend": backend, "model.queue_size": 64 if smoke else 512}
-            r = _collect(_worker(tree, ov, data, cache, device, clock.left() - 30, steps=steps, validate=False, amp=amp))
+            r = _collect(_worker(tree, ov, data, cache, device, clock.left() - 30, steps=steps, validate=False,
+                                 amp=amp))
             t = (r.get("step_times") or [])[2:]
             rows.append({"backend": backend, "amp": amp, "batch_size": ov["training.batch_size"],
                          "median_step_s": statistics.median(t) if t else None, "amp_used": r.get("amp"),

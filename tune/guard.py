@@ -103,7 +103,8 @@ def check_search(space, n_train: int, res, seeds: int = 1, allow: bool = False,
                             "would rank training length)")
     if problems:
         how = ("pass --data KIND:PATH with more cycles, a budget sized for this machine (e.g. --budget "
-               "synthetic_cuda), or raise max_epochs / lower the batch size or queue; --allow-degenerate runs it anyway")
+               "synthetic_cuda), or raise max_epochs / lower the batch size or queue; --allow-degenerate runs it "
+               "anyway")
         text = "; ".join(problems)
         if allow or space.raw.get("guard") == "warn":
             why = "--allow-degenerate" if allow else f"guard: warn in {space.path.name}"
