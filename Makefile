@@ -32,7 +32,7 @@ UV ?= $(BIN)/uv
 UV_COMPILE = $(UV) pip compile --quiet --config-file requirements/uv.toml --generate-hashes \
              --custom-compile-command "make lock" $(LOCK_PLATFORM)
 
-.PHONY: setup test search smoke clean-venv lock check-env
+.PHONY: setup test search smoke clean-venv lock check-env gpu-check
 
 $(BIN)/.installed: pyproject.toml $(LOCK) $(TOOLS_LOCK) $(BOOTSTRAP_LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ search: setup
 
 smoke: setup
 	$(BIN)/python -m pahcl.pretrain --data synthetic --out out/smoke --smoke-test
+
+# GPU acceptance check (bench/gpu_check.py, < 9 min on one GPU): runs with the project's venv when there is
+# one, else with $(PYTHON) and its own torch (a lent GPU machine: torch preinstalled, no ray/optuna/mlflow).
+# Missing pure dependencies (pyyaml, scipy, pandas) can travel as wheels in .whl/ (installed offline first).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	@if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --find-links .whl .whl/*.whl; fi
+	$(GPU_PYTHON) bench/gpu_check.py --out bench/results/gpu_check.json
 
 # Static checks of the container set-up only (also part of `make test`).
 check-env: setup

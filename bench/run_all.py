@@ -11,7 +11,8 @@ regenerated as a whole from the JSON files (each section names the exact command
 it, its date and the load average during it). Sections for results that are not re-run here are
 rendered when their JSON exists: the Yaseen linear probe (``bench/linear_probe_yaseen.py --out
 bench/results/linear_probe_yaseen.json`` after the 30-epoch pretraining of docs/training.md) and
-the training-step throughput (``bench/train_throughput.py --out bench/results/train_throughput.json``).
+the training-step throughput (``bench/train_throughput.py --out bench/results/train_throughput.json``), and
+the GPU acceptance check (``make gpu-check``: ``bench/gpu_check.py``; "not run" without its JSON).
 Text below the line ``<!-- KEEP BELOW: ... -->`` in docs/benchmarks.md is kept verbatim.
 """
 from __future__ import annotations
@@ -379,10 +380,63 @@ def sec_throughput(j: dict | None) -> str:
             + md_table(["preset", "mode", "batch x accum", "params", "s/step", "cycles/s"], rows) + "\n")
 
 
+def _gib(x) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _gpu_probe_rows(j: dict) -> list[list]:
+    rows = []
+    for r in j.get("probe") or []:
+        if "ratio" not in r:
+            rows.append([r.get("space"), r.get("skipped") or (r.get("probe") or {}).get("error") or
+                         (r.get("trial") or {}).get("error"), "", "", "", "", ""])
+            continue
+        rows.append([r["space"], r["data"], _gib(r["predicted_need_gib"]), _gib(r["measured_gib"]), f"{r['ratio']:.2f}",
+                     r.get("k_here", "—"), r["per_24gb_card"]])
+    return rows
+
+
+def sec_gpu(j: dict | None) -> str:
+    h = "## 9. GPU acceptance (`make gpu-check`)\n\n"
+    cmd = "make gpu-check   # = python bench/gpu_check.py --out bench/results/gpu_check.json"
+    if not j or j.get("device") != "cuda":
+        dry = ""
+        if j and j.get("smoke"):
+            dry = (f" A CPU dry run of the same script (`{j.get('command')}`, {j.get('date')}) exercised every part "
+                   "at tiny sizes; its numbers are host memory on CPU and are not shown as GPU figures.")
+        return (h + "**Not run**: no GPU was lent to this task. Command, for the day one is:\n\n" + _cmd(cmd) +
+                "\n\nIt measures the CUDA tests (`-m gpu`), the memory probe's prediction vs the peak of a longer "
+                "run with validation for each space's largest configuration, k processes packed under their "
+                "caps vs one alone, bf16 vs fp32 step time at the full preset (batch 64, torch scan; mamba-ssm "
+                "when importable)." + dry + "\n")
+    m = j.get("machine") or {}
+    out = [h + f"`{j['command']}` on {m.get('gpu')} ({j.get('date')}, {j.get('wall_s', 0):.0f} s; torch "
+           f"{(m.get('versions') or {}).get('torch')}). Memory in GiB; need = peak reserve + CUDA context; "
+           "the prediction adds the 10 % margin; \"per 24 GB card\" = floor(0.97 × 24e9 B / predicted need).", ""]
+    t = j.get("cuda_tests") or {}
+    out += [f"CUDA tests: `{t.get('command', '')}` -> {t.get('summary') or t.get('skipped') or t.get('error')}", ""]
+    out += [md_table(["space", "data", "probe: predicted need", "measured (longer run + validation)",
+                      "predicted / measured", "trials per GPU here", "per 24 GB card"], _gpu_probe_rows(j)), ""]
+    p = j.get("packing") or {}
+    if "aggregate_steps_per_s" in p:
+        cap = "no cap" if p.get("cap_fraction") is None else f"cap {p['cap_fraction']:.3f} each"
+        out.append(f"Packing (stage 2's largest configuration, {p['steps']} steps, {cap}): "
+                   f"one alone {p['alone_steps_per_s']:.2f} steps/s; {p['k']} packed "
+                   f"{p['aggregate_steps_per_s']:.2f} steps/s in aggregate ({p['speedup_vs_alone']:.2f}x).")
+    else:
+        out.append(f"Packing: {p.get('skipped') or p.get('errors')}")
+    rows = [[r.get("backend"), r.get("amp") or "—", r.get("batch_size", ""), "—" if not r.get("median_step_s") else
+             f"{r['median_step_s']:.3f}", _gib(r.get("peak_reserved_gib")), r.get("skipped") or r.get("error") or ""]
+            for r in j.get("amp") or []]
+    out += ["", md_table(["Mamba backend", "precision", "batch", "median s/step", "peak reserve GiB", "note"], rows)]
+    return "\n".join(out) + "\n"
+
+
 def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
     m = machine()
     J = {n: _load(d, n) for n in ("harness_overhead", "search_efficiency", "concurrency", "mamba_backends",
-                                  "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput")}
+                                  "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput",
+                                  "gpu_check")}
     if J["concurrency"]:
         J["concurrency"]["_dir"] = str(d)
     if J["mamba_backends"]:
@@ -422,9 +476,10 @@ def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
     tp = sec_throughput(J["train_throughput"])
     if tp:
         parts.append(tp)
+    parts.append(sec_gpu(J["gpu_check"]))
     parts.append("## Not run here\n\n* Every GPU figure (section 3's peak memory / `auto` packing / packed "
-                 "throughput, section 4's CUDA rows): no GPU was lent to this task. The code paths exist and run "
-                 "when CUDA is present.\n* The 30-epoch Yaseen pretraining behind section 7 is not re-run by "
+                 "throughput, section 4's CUDA rows, section 9): no GPU was lent to this task. The code paths exist "
+                 "and run when CUDA is present; `make gpu-check` measures them in one command.\n* The 30-epoch Yaseen pretraining behind section 7 is not re-run by "
                  "`bench/run_all.py` (about 20 min on 2 idle cores): run separately, see docs/training.md.")
     text = "\n\n".join(p.rstrip() for p in parts) + "\n\n" + KEEP_MARK + "\n"
     if kept.strip():

@@ -488,6 +488,12 @@ def load_config(
     return build_config(tree, overrides)
 
 
+def is_complete_config(tree: Mapping[str, Any]) -> bool:
+    """True when ``tree`` sets every config key (a file written by ``dump_config``, e.g. a search's
+    best_config.yaml): such a file is the whole configuration and no preset is merged over it."""
+    return set(flatten(Config().to_dict())) <= set(flatten(tree))
+
+
 def build_config(tree: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
     tree = copy.deepcopy(dict(tree))
     if overrides:
@@ -516,6 +522,7 @@ __all__ = [
     "config_from_dict",
     "dump_config",
     "flatten",
+    "is_complete_config",
     "load_config",
     "parse_override",
     "read_yaml_mapping",

@@ -10,6 +10,10 @@
     # --set still applies; other data is refused unless --allow-data-change)
     python -m pahcl.pretrain --out runs/y --resume
 
+    # a complete config file (a search's results/<stage>/best_config.yaml, any config.yaml written here)
+    # runs exactly as written: no preset is merged over it unless --preset is given
+    python -m pahcl.pretrain --config results/moco_stage2/best_config.yaml --data circor:/data/circor --out runs/best
+
     # any config key: --set section.key=value (repeatable); --preset auto|full|small|tiny
     python -m pahcl.pretrain --config pahcl/configs/pretrain.yaml --preset small --set model.use_moco=false --out runs/simclr
 
@@ -36,7 +40,8 @@ def _parse(argv):
                                                  "physionet2016:); default synthetic")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override, repeatable (e.g. training.num_epochs=30)")
-    p.add_argument("--preset", default="auto", help="auto (full on CUDA, small on CPU) | full | small | tiny")
+    p.add_argument("--preset", default=None, help="auto (full on CUDA, small on CPU) | full | small | tiny; default "
+                   "auto, or none when --config is a complete config (e.g. a search's best_config.yaml)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--cache-dir", default=None, help="cycle cache directory (default OUT/cache)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt (on the data the "
@@ -89,12 +94,12 @@ def _run_setup(args, overrides, preset, why, say):
     else:
         cfg = load_config(args.config, overrides, preset=preset)
         spec = args.data or ("synthetic:8" if args.smoke_test else "synthetic")
-        say(f"preset: {preset} ({why})")
+        say(f"preset: {preset or 'none'} ({why})")
     check_runtime(cfg)
     return cfg, spec, ckpt_state
 
 
-def _preset_and_overrides(args) -> tuple[list[str], str, str]:
+def _preset_and_overrides(args) -> tuple[list[str], str | None, str]:
     """(overrides, preset, why): --smoke-test's tiny settings come first so --set still wins."""
     from pahcl.config import resolve_preset
 
@@ -103,10 +108,20 @@ def _preset_and_overrides(args) -> tuple[list[str], str, str]:
         return ["training.num_epochs=2", "training.max_steps_per_epoch=2", "training.warmup_epochs=1",
                 "model.queue_size=32",  # below the ~44 training cycles of synthetic:8
                 "training.device=cpu", *overrides], "tiny", "--smoke-test"
+    if args.preset is None and args.config and _complete_file(args.config):
+        return overrides, None, "--config is a complete config: no preset applied"
     if args.preset in (None, "auto"):
         why = "auto: CUDA available" if torch.cuda.is_available() else "auto: no CUDA, CPU default"
         return overrides, resolve_preset("auto"), why
     return overrides, args.preset, "--preset"
+
+def _complete_file(path: str) -> bool:
+    from pahcl.config import ConfigError, is_complete_config, read_yaml_mapping
+
+    try:
+        return is_complete_config(read_yaml_mapping(path))
+    except ConfigError:
+        return False  # load_config reports the file's problem below
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bar is not None:
             bar.close()
     summary = {"out": str(out), "epochs": trainer.epoch, "steps": trainer.global_step,
-               "seconds": round(time.perf_counter() - t0, 2), "preset": preset if not args.resume else "checkpoint",
+               "seconds": round(time.perf_counter() - t0, 2), "preset": (preset or "none") if not args.resume else "checkpoint",
                "device": str(trainer.device), **last}
     print(json.dumps(summary), flush=True)
     return 0

@@ -18,7 +18,8 @@ What one optimizer step does
       steps, then cosine to ``min_lr``); AdamW, no weight decay on biases, norm weights and other 1-D
       parameters (nor on parameters flagged ``_no_weight_decay``).
     * ``clip_grad_norm_`` (``grad_clip_norm`` > 0); the norm BEFORE clipping is ``grad_norm``.
-    * AMP on CUDA only (bf16 where supported, else fp16 with ``torch.amp.GradScaler``); CPU is fp32.
+    * AMP on CUDA only (bf16 where supported, else fp16 with ``torch.amp.GradScaler``); CPU is fp32
+      unless ``Trainer(..., amp_dtype=torch.bfloat16)`` asks for CPU bf16 autocast (``amp_dtype_for``).
     * MoCo: ``model._momentum_update()`` after every optimizer step.
 
 Per-epoch order of work is a deterministic function of (seed, epoch): the sampler's generator is
@@ -33,7 +34,8 @@ grad_norm, lr, cycle_acc (means over the step's micro-batches), epoch (0-based e
 step (optimizer steps done), cycles_per_s; MoCo adds kq_cos, queue_fill, queue_ptr every step and
 drift, drift/cnn, drift/mamba, drift/projector on steps where ``step % log_interval == 0`` and on the
 last step of every epoch (every step if any callback has ``every_step_drift = True``); on other steps
-the drift keys are absent.
+the drift keys are absent. ``last_in_epoch`` = 1.0 on the last optimizer step of each epoch (both modes;
+absent otherwise): step loggers log that step whatever their interval.
 
 Epoch metrics (``Callback.on_epoch_end``, after validation): epoch (completed epochs, 1-based), step,
 train/loss (epoch mean), val/knn_acc and val/knn_bal_acc (cycle-level weighted kNN, training cycles as
@@ -70,6 +72,7 @@ __all__ = [
     "prepare_data",
     "check_runtime",
     "plan_batches",
+    "amp_dtype_for",
     "resolve_device",
     "seed_everything",
     "param_groups",
@@ -134,6 +137,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device is 'cuda' but CUDA is not available; use 'auto' or 'cpu'")
     return dev
+
+
+def amp_dtype_for(device: torch.device, use_amp: bool, requested: torch.dtype | str | None = "auto"):
+    """The autocast dtype of the training step, or None (fp32). ``"auto"``: with ``training.use_amp``, bf16
+    on CUDA where supported, else fp16 (with a GradScaler); fp32 on CPU. An explicit ``torch.bfloat16``
+    also runs on CPU (CPU autocast): how the bf16 step is exercised without a GPU (tests, bench/gpu_check.py).
+    ``None`` / ``torch.float32``: fp32 everywhere."""
+    if requested is None or requested == torch.float32:
+        return None
+    if isinstance(requested, str):
+        if requested != "auto":
+            raise ValueError(f"amp_dtype: {requested!r} is not allowed; allowed: 'auto', None, torch.bfloat16, "
+                             "torch.float16 (CUDA only)")
+        if device.type != "cuda" or not use_amp:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if requested == torch.float16 and device.type != "cuda":
+        raise ValueError("amp_dtype: float16 autocast needs CUDA (GradScaler); use torch.bfloat16 on CPU")
+    if requested not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"amp_dtype: {requested} is not allowed; allowed: torch.bfloat16, torch.float16, None")
+    return requested
 
 
 def seed_everything(seed: int) -> None:
@@ -230,6 +254,7 @@ class Trainer:
         out_dir: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         log: Callable[[str], None] | None = print,
+        amp_dtype: torch.dtype | str | None = "auto",
     ):
         from pahcl.data import ContrastiveCycleDataset
         from pahcl.models import PAHCL
@@ -253,10 +278,7 @@ class Trainer:
         self.use_moco = bool(cfg.model.use_moco)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.learning_rate,
                                            betas=(0.9, 0.999))
-        # AMP: CUDA only
-        self.amp_dtype = None
-        if self.device.type == "cuda" and t.use_amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype_for(self.device, t.use_amp, amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.dataset = ContrastiveCycleDataset(train, cfg.augmentation, seed=cfg.seed)
@@ -379,6 +401,8 @@ class Trainer:
             metrics["queue_ptr"] = float(int(self.model.queue_ptr[0]))
             if self.every_step_drift or last_in_epoch or self.global_step % t.log_interval == 0:
                 metrics.update({k: float(v) for k, v in self.model.drift().items()})
+        if last_in_epoch:  # loggers key on this (SimCLR has no drift): every epoch's last step is logged
+            metrics["last_in_epoch"] = 1.0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         metrics["cycles_per_s"] = n_cycles / max(time.perf_counter() - t0, 1e-9)

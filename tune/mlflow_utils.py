@@ -299,8 +299,8 @@ class BatchLogger:
 
 
 class MLflowStepCallback:
-    """A ``pahcl.train`` callback: step metrics every ``log_interval`` optimizer steps (and on the last
-    step of each epoch, where the Trainer adds drift), per-epoch metrics at epoch end."""
+    """A ``pahcl.train`` callback: step metrics every ``log_interval`` optimizer steps and on the last
+    step of each epoch (``last_in_epoch``, SimCLR and MoCo alike), per-epoch metrics at epoch end."""
 
     def __init__(self, logger: BatchLogger, log_interval: int):
         self.logger = logger
@@ -310,7 +310,7 @@ class MLflowStepCallback:
     def on_step_end(self, trainer, metrics):
         t0 = time.perf_counter()
         step = int(trainer.global_step)
-        if step % self.log_interval == 0 or "drift" in metrics:
+        if step % self.log_interval == 0 or "last_in_epoch" in metrics or "drift" in metrics:
             self.logger.add(metrics, step, STEP_KEYS)
             self.logger.maybe_flush()
         self.step_time += time.perf_counter() - t0

@@ -104,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inherit-anyway", action="store_true", help="inherit from the previous stage even when its "
                    "search ran on another preset or data (refused otherwise)")
     p.add_argument("--budget", default=None, help="apply a named budget of the space file (e.g. synthetic_cpu)")
+    p.add_argument("--allow-degenerate", action="store_true", help="run even when the pre-Ray guard finds the "
+                   "queue larger than the training set or trials shorter than 1/(1-m) steps (tune/guard.py)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its latest "
                    "checkpoint (Ray FailureConfig.max_failures; NaN loss / repeated OOM are never retried)")
     a = p.parse_args(argv)
@@ -134,6 +136,7 @@ def choose_budget(args) -> str | None:
 
         if not torch.cuda.is_available():
             return "?synthetic_cpu"  # "?": used when the space file defines it, else the file as is
+        return "?synthetic_cuda"  # sized so the guard (tune/guard.py) passes with the full preset
     return None
 
 
@@ -188,7 +191,14 @@ def build_consts(space, args, search_id: str, cache_dir: Path, mlflow_ids: dict,
         "tracking_uri": mlflow_ids["tracking_uri"], "experiment_id": mlflow_ids["experiment_id"],
         "parent_run_id": mlflow_ids["parent_run_id"], "flush_seconds": 5.0,
         "gpu_fraction": res.gpu_fraction, "threads_per_trial": max(1, int(res.cpus)),
+        "gpu_simulation": _gpu_simulation(),
     }
+
+
+def _gpu_simulation():
+    from tune.gpu import sim_consts
+
+    return sim_consts()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -409,8 +419,24 @@ def _init_ray(args, num_cpus: int | None = None) -> bool:
         ray.init(address=args.address, runtime_env=env, log_to_driver=True)
     else:
         # Local, private: no dashboard (nothing listens beyond Ray's own ports). Ray's token auth stays on.
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=env)
+        from tune.gpu import local_num_gpus
+
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=local_num_gpus(), include_dashboard=False,
+                 runtime_env=env)
     return True
+
+
+def _guard_and_gpus(space, n_train: int, res, seeds: int, args) -> None:
+    """Before any MLflow run: the search guard (tune/guard.py); with --address and GPUs requested, join
+    the cluster now and check it has GPUs (a clear error instead of trials pending forever)."""
+    from tune.guard import check_search
+
+    check_search(space, n_train, res, seeds, allow=args.allow_degenerate, log=_log)
+    if args.address and res.gpus > 0:
+        from tune.gpu import check_cluster_gpus
+
+        _init_ray(args)
+        check_cluster_gpus(res.gpus)
 
 
 def _end_leftover_child_runs(uri: str, exp_id: str, parent: str, statuses: dict[str, str],
@@ -535,7 +561,9 @@ def main(argv=None) -> dict[str, Any]:
         _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
         provenance = _provenance(space, budget, tr.info.get("fingerprint", ""))
         _check_inherited_data(space, provenance, args.inherit_anyway)
-        res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log)
+        res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log,
+                             address=args.address)
+        _guard_and_gpus(space, len(tr), res, seeds, args)
         tags = {"pahcl.stage": space.name, "pahcl.space_file": str(space.path.relative_to(REPO_ROOT))
                 if space.path.is_relative_to(REPO_ROOT) else str(space.path),
                 "pahcl.base_config": str(space.base_config), "pahcl.preset": space.preset,

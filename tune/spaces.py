@@ -63,6 +63,7 @@ TOP_KEYS = {
     "derived": "mapping: effective_batch_size",
     "inherit": "mapping: from (stage name), params (list of dotted keys), defaults (mapping)",
     "budgets": "mapping of budget name (synthetic_cpu, smoke, ...) to partial overrides of this file",
+    "guard": "refuse | warn: what the pre-Ray guard (tune/guard.py) does with a degenerate search",
 }
 DIST_KEYS = {
     "categorical": {"type", "choices", "around", "multipliers"},
@@ -526,6 +527,8 @@ def load_space(
     metric = raw.get("metric", "val/knn_acc")
     if metric not in KNOWN_METRICS + RAW_LOSS_METRICS:
         raise SpaceError(f"metric: {metric!r} is not reported by the Trainer; allowed: {', '.join(KNOWN_METRICS)}")
+    if raw.get("guard", "refuse") not in ("refuse", "warn"):
+        raise SpaceError(f"guard: {raw.get('guard')!r} is not allowed; allowed: refuse, warn")
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):
         raise SpaceError(f"mode: {mode!r} is not allowed; allowed: max, min")

@@ -12,6 +12,10 @@ Per epoch: per-step metrics buffered to MLflow, epoch metrics logged, buffer flu
 from ``tune.get_checkpoint()`` with ``Trainer.load_checkpoint`` (epoch and step counters continue)
 and keeps logging to the same child run.
 
+GPU (``tune/gpu.py``): ``place_trial`` applies the planned allocator cap on the GPU Ray assigned and the
+trial reports ``gpu_ids``, ``gpu_share``, ``gpu_cap_fraction``, ``gpu_cap_gib``, ``trial_wall_start`` and
+``trial_wall_report`` with every result; an assigned GPU without CUDA in the trial is an error.
+
 Reliability (docs/reliability.md): a corrupt/truncated/refused newest checkpoint falls back to the trial's
 older ``checkpoint_*`` dirs, else a clean restart (``restore_latest_good``, tag ``pahcl.resume_fallback``);
 a failure is recorded on the child run (tag ``pahcl.error``, FAILED); NaN loss and OOM after the step
@@ -52,15 +56,6 @@ def trial_overrides(config: dict, consts: dict) -> dict[str, Any]:
     base_seed = int(ov.get("seed", consts["base_tree"].get("seed", 42)))
     ov["seed"] = base_seed + idx
     return ov
-
-
-def _apply_gpu_cap(fraction: float | None) -> None:
-    if not fraction:
-        return
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(float(fraction))
 
 
 SPILL_NAME = "mlflow_unsent.jsonl"  # metrics MLflow could not take (store down at the end of the trial)
@@ -179,11 +174,13 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(consts.get("threads_per_trial") or 1)))
-    _apply_gpu_cap(consts.get("gpu_fraction"))
 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     trial_dir = _storage_trial_dir()
+    from tune.gpu import place_trial
+
+    placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
     injector = FaultInjector(faults, trial_id, str(trial_dir) if trial_dir else None) if faults else None
     nonretry = trial_dir / NONRETRYABLE if trial_dir else None
     if nonretry is not None and nonretry.exists():  # Ray retried a deterministic failure: fail fast, same reason
@@ -240,6 +237,7 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             out = {k: float(v) for k, v in metrics.items()}
             out["epoch"] = int(trainer.epoch)
             out["mlflow_run_id"] = run_id
+            out.update(placement, trial_wall_report=time.time())
             if logger.degraded and trial_dir is not None:  # store down: make the buffer durable before report
                 n = logger.spill(trial_dir / SPILL_NAME)
                 if injector and n:

@@ -28,7 +28,7 @@ def _params(**extra):
 
 
 @pytest.mark.parametrize("stage", ["simclr_stage1", "moco_stage2", "moco_stage3"])
-@pytest.mark.parametrize("budget", [None, "synthetic_cpu", "smoke"])
+@pytest.mark.parametrize("budget", [None, "synthetic_cpu", "synthetic_cuda", "smoke"])
 def test_shipped_spaces_validate(stage, budget, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -236,26 +236,28 @@ def test_cli_bad_space_exits_2_before_ray(tmp_path):
 
 
 def test_gpus_auto_packs_by_measured_peak(tmp_path, monkeypatch):
-    """The packing arithmetic with a stubbed probe: floor(0.9 * free / peak) trials per GPU."""
+    """The packing arithmetic with a stubbed probe: k = floor(free / ((reserve + context) * 1.1)) trials per GPU."""
     import torch
 
     import tune.resources as R
 
     sp = load_space(_space(tmp_path), results_root=tmp_path, log=lambda m: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("PAHCL_SIMULATED_GPU", raising=False)
     seen = {}
 
-    def probe(space, data, cache_dir, timeout=600):
+    def probe(space, data, cache_dir, device="cuda", timeout=900):
         seen["overrides"] = R.largest_overrides(space)
-        return {"peak": 10 * 2**30, "free": 70 * 2**30, "total": 80 * 2**30}
+        return {"peak_reserved": 9 * 2**30, "context": 2**30, "total": 80 * 2**30, "used_before": 10 * 2**30,
+                "step_s": 0.5}
 
-    monkeypatch.setattr(R, "measure_peak_gpu_memory", probe)
+    monkeypatch.setattr(R, "measure_peak_memory", probe)
     logs = []
     res = R.plan_resources(sp, "auto", 2, sp.data, tmp_path, log=logs.append)
-    assert res.trials_per_gpu == 6 and res.gpus == pytest.approx(1 / 6)
-    assert res.gpu_fraction == pytest.approx(0.9 * 70 / 80 / 6)
-    assert res.gpu_fraction * 80 * 2**30 >= 10 * 2**30  # each trial's cap holds the measured peak
-    assert "6 trial(s) per GPU" in logs[0]
+    assert res.trials_per_gpu == 6 and res.gpus == pytest.approx(1 / 6)  # 70 GiB free / 11 GiB
+    assert res.gpu_fraction == pytest.approx((70 / 6 - 1) / 80)
+    assert res.gpu_fraction * 80 * 2**30 >= 9 * 2**30 * 1.1  # each trial's cap holds the measured reserve + margin
+    assert "6 trial(s) per GPU" in logs[0] and res.step_s == 0.5
     assert seen["overrides"]["model.moco_momentum"] == 0.99  # non-memory keys: first candidate
 
 

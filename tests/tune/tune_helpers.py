@@ -22,6 +22,7 @@ BASE_SPACE = {
     "data": "synthetic:40",
     "metric": "val/knn_acc",
     "mode": "max",
+    "guard": "warn",  # 3 epochs x 2 steps: far below 1/(1-m); the pre-Ray guard (tune/guard.py) only warns
     "num_samples": 4,
     "max_epochs": 3,
     "search": {"seed": 0, "max_concurrent_trials": 2},
