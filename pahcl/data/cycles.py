@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -250,27 +251,80 @@ def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] 
 # ----------------------------------------------------------------------------- splits
 
 
-def split_by_group(cycles: CycleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _group_labels(cycles: CycleSet) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique groups [G], each group's label as a string [G]: its most frequent cycle label,
+    ties to the smaller string; "None" when the data has no labels)."""
+    t = cycles.table
+    groups = t["group"].astype(str).to_numpy()
+    labels = t["label"].astype(str).to_numpy() if "label" in t.columns else np.full(len(t), "None")
+    uniq = np.unique(groups)  # sorted: independent of row order
+    pairs = pd.DataFrame({"g": groups, "y": labels}).value_counts().reset_index(name="n")
+    pairs = pairs.sort_values(["g", "n", "y"], ascending=[True, False, True]).drop_duplicates("g")
+    by = dict(zip(pairs["g"], pairs["y"]))
+    return uniq, np.asarray([by[g] for g in uniq])
+
+
+def _stratified_quota(n_per_label: np.ndarray, n_val: int) -> np.ndarray:
+    """Validation groups per label stratum [S], summing to ``n_val``: proportional (largest remainder),
+    at most n_s - 1 per stratum (every label keeps a training group) while that is possible."""
+    frac = n_val * n_per_label / n_per_label.sum()
+    cap = np.maximum(n_per_label - 1, 0)
+    q = np.minimum(np.floor(frac).astype(np.int64), cap)
+    for s in np.argsort(-(frac - q), kind="stable"):  # largest remainder first, within the cap
+        if q.sum() >= n_val:
+            break
+        q[s] += int(q[s] < cap[s])
+    for cap_now in (cap, n_per_label):  # still short: any stratum with capacity, the cap last of all
+        for s in np.argsort(-n_per_label, kind="stable"):
+            while q.sum() < n_val and q[s] < cap_now[s]:
+                q[s] += 1
+    return q
+
+
+def split_by_group(cycles: CycleSet, val_fraction: float, seed: int,
+                   log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) int64, sorted; whole groups on one side, deterministic by ``seed``.
 
-    Groups are shuffled with ``seed`` and the first round(val_fraction * G) go to validation,
-    clamped to [1, G - 1] so both sides get at least one group. Raises ValueError for < 2 groups.
+    round(val_fraction * G) groups go to validation, clamped to [1, G - 1] so both sides get at least
+    one group. Stratified by label where possible: each group takes its most frequent label, each
+    label's share of the validation groups is proportional to its number of groups, and a label keeps at
+    least one group in training while any label has groups to spare; within a label the groups are
+    drawn with ``seed``. A label that still appears in validation but not in training (e.g. every label
+    has a single group) is reported through ``log`` (``warnings.warn`` without one): a kNN validation
+    score can never be right for it. Raises ValueError for < 2 groups.
     """
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction: {val_fraction!r} is out of range; allowed: (0, 1)")
     groups = cycles.table["group"].astype(str).to_numpy()
-    uniq = np.unique(groups)  # sorted: independent of row order
+    uniq, glabel = _group_labels(cycles)
     if len(uniq) < 2:
         raise ValueError(
             f"split_by_group: only {len(uniq)} group ({', '.join(uniq[:1])}) in {len(groups)} cycles; a grouped "
             "train/validation split needs at least 2 groups (patients / recordings)"
         )
     rng = np.random.default_rng(int(seed))
-    perm = uniq[rng.permutation(len(uniq))]
     n_val = int(np.clip(round(val_fraction * len(uniq)), 1, len(uniq) - 1))
-    is_val = np.isin(groups, perm[:n_val])
+    strata = np.unique(glabel)
+    quota = _stratified_quota(np.array([np.sum(glabel == s) for s in strata]), n_val)
+    val_groups = []
+    for s, q in zip(strata, quota):
+        members = uniq[glabel == s]
+        val_groups.extend(members[rng.permutation(len(members))[:q]])
+    is_val = np.isin(groups, val_groups)
+    unseen = sorted(set(glabel[np.isin(uniq, val_groups)]) - set(glabel[~np.isin(uniq, val_groups)]))
+    if unseen:
+        msg = unseen_classes_message(unseen, cycles.table["label"].astype(str).to_numpy()[is_val])
+        log(msg) if log is not None else warnings.warn(msg, stacklevel=2)
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
 
 
+def unseen_classes_message(unseen: list[str], val_labels: np.ndarray) -> str:
+    """One line naming the validation labels that have no training group."""
+    n = int(np.isin(val_labels, unseen).sum())
+    return (f"split_by_group: label(s) {', '.join(unseen)} appear in validation ({n} of {len(val_labels)} cycles) but "
+            "not in training, so val/knn_acc can never count them right; use more groups per label, another "
+            "seed, or a larger data.val_fraction")
+
+
 __all__ = ["CODE_VERSION", "CycleSet", "build_cycles", "cache_key", "cycle_window", "describe", "load_cycles",
-           "recording_cycles", "split_by_group"]
+           "recording_cycles", "split_by_group", "unseen_classes_message"]

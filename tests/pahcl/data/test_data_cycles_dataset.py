@@ -161,3 +161,60 @@ def test_window_holds_the_cycle_only():
     assert np.array_equal(w, x[100:1100]) and b.tolist() == [0, 200, 600, 800, 1000]
     w, b = cycle_window(x, Cycle(2500, 2600, 2800, 2900, 3000), 1000)  # recording end
     assert np.array_equal(w[:500], x[2500:]) and (w[500:] == 0).all()
+
+
+def _toy_cycles(groups, labels):
+    """A CycleSet of one 8-sample cycle per (group, label) row: enough for split tests."""
+    import pandas as pd
+
+    from pahcl.data.cycles import CycleSet
+
+    n = len(groups)
+    table = pd.DataFrame({"recording_id": [f"r{i}" for i in range(n)], "group": groups, "label": labels})
+    return CycleSet(np.zeros((n, 8), np.float32), np.zeros((n, 5), np.int64), table, 1000)
+
+
+def test_split_by_group_is_stratified_by_label():
+    # 40 groups: 30 of label A, 10 of B (2 cycles each); 25 % validation -> 10 groups: 7-8 A and 2-3 B
+    groups = [f"g{i}" for i in range(40) for _ in range(2)]
+    labels = ["A" if i < 30 else "B" for i in range(40) for _ in range(2)]
+    cs = _toy_cycles(groups, labels)
+    for seed in range(5):
+        tr, va = split_by_group(cs, 0.25, seed)
+        val_groups = set(np.asarray(groups)[va])
+        n_b = sum(int(g[1:]) >= 30 for g in val_groups)
+        assert len(val_groups) == 10 and n_b in (2, 3), (seed, n_b)
+        assert not val_groups & set(np.asarray(groups)[tr])
+    # seeds still change which groups are drawn
+    assert len({tuple(split_by_group(cs, 0.25, s)[1]) for s in range(5)}) > 1
+
+
+def test_split_keeps_every_label_in_training_where_possible():
+    # 4 groups labelled X, Y, Y, Z (circor_tiny's shape): the only validation group that leaves every label in
+    # training is one of the two Y groups, whatever the seed
+    cs = _toy_cycles(["p1", "p2", "p3", "p4"], ["X", "Y", "Y", "Z"])
+    for seed in range(10):
+        tr, va = split_by_group(cs, 0.2, seed)
+        assert set(cs.table["label"][va]) == {"Y"} and set(cs.table["label"][tr]) == {"X", "Y", "Z"}
+
+
+def test_split_reports_a_validation_label_absent_from_training():
+    cs = _toy_cycles(["p1", "p2", "p3"], ["X", "Y", "Z"])  # one group per label: impossible to keep all
+    said = []
+    tr, va = split_by_group(cs, 0.3, 0, log=said.append)
+    (val_label,) = set(cs.table["label"][va])
+    assert len(said) == 1 and f"label(s) {val_label} appear in validation" in said[0] and "not in training" in said[0]
+    with pytest.warns(UserWarning, match="not in training"):
+        split_by_group(cs, 0.3, 0)
+    said.clear()
+    split_by_group(_toy_cycles(["p1", "p2", "p3", "p4"], ["X", "Y", "Y", "Z"]), 0.2, 0, log=said.append)
+    assert said == []
+
+
+def test_split_on_circor_tiny_validates_a_label_seen_in_training(shared_data, data_cfg):
+    # seed 42 used to put the only Unknown patient in validation (val/knn_acc 0 for every trial)
+    cs = load_cycles(f"circor:{shared_data / 'circor_tiny'}", data_cfg, log=None)
+    said = []
+    tr, va = split_by_group(cs, 0.2, 42, log=said.append)
+    assert said == [] and set(cs.table["label"][va]) <= set(cs.table["label"][tr])
+    assert set(cs.table["label"][tr]) == {"Present", "Absent", "Unknown"}
