@@ -216,17 +216,22 @@ def align_uniform(z1, z2, alpha: float = 2.0, t: float = 2.0) -> tuple[float, fl
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, cycles, batch_size: int = 256, device: str | torch.device = "cpu") -> np.ndarray:
-    """``model.embed`` on every cycle (input [B, 1, L]) in eval mode under no_grad -> float32 [N, d].
-    ``cycles`` is a CycleSet or a float array [N, L]. The model's train/eval mode is restored."""
+    """``model.embed`` on every cycle (input [B, 1, L], and the CycleSet's bounds [B, 5]) in eval mode under
+    no_grad -> float32 [N, d]. ``cycles`` is a CycleSet or a float array [N, L] (no bounds: window mean). The model's train/eval mode is restored."""
     waves = cycles.waves if hasattr(cycles, "waves") else cycles
     waves = _np(waves)
+    bounds = getattr(cycles, "bounds", None)  # N×5 samples, for model.embed_pool: cycle
     was_training = model.training
     model.eval()
     out = []
     try:
         for s in range(0, len(waves), batch_size):
             x = torch.as_tensor(np.ascontiguousarray(waves[s : s + batch_size]), dtype=torch.float32, device=device)
-            out.append(model.embed(x.unsqueeze(1)).float().cpu())
+            if bounds is None:
+                out.append(model.embed(x.unsqueeze(1)).float().cpu())
+            else:
+                b = torch.as_tensor(np.asarray(bounds[s : s + batch_size]), device=device)
+                out.append(model.embed(x.unsqueeze(1), b).float().cpu())
     finally:
         model.train(was_training)
     if not out:

@@ -112,41 +112,105 @@ def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle],
     return x, cycles, source
 
 
-def build_cycles(spec: str | DataSpec, data_cfg, log: Callable[[str], None] | None = print) -> CycleSet:
-    """Read, preprocess and segment every recording of ``spec`` (no cache)."""
-    s = parse_spec(spec) if isinstance(spec, str) else spec
+def _recording_windows(rec: Recording, data_cfg) -> tuple:
+    """Worker job: one recording -> (id, n_samples, source, waves [n, L], bounds [n, 5], cycles) or (id, error)."""
     sr = int(data_cfg.sample_rate)
     L = int(round(data_cfg.segment_duration * sr))
+    try:
+        x, cycles, source = recording_cycles(rec, data_cfg)
+    except Exception as e:  # a numerically broken file must not end the run
+        return rec.id, f"{type(e).__name__}: {e}"[:120]
+    wins = [cycle_window(x, c, L) for c in cycles]
+    waves = np.stack([w for w, _ in wins]) if wins else np.zeros((0, L), np.float32)
+    bounds = np.stack([b for _, b in wins]) if wins else np.zeros((0, 5), np.int64)
+    return rec.id, len(x), source, waves, bounds, cycles
+
+
+def _processed(recordings, data_cfg, workers: int, progress: Callable[[int], None]):
+    """Yield (Recording without its signal, _recording_windows result) in input order; ``workers > 1`` runs
+    them in that many processes (forked where the OS allows: a spawned worker would first import pahcl, torch
+    included, which costs seconds; at most 4 x workers recordings in flight)."""
+    if workers <= 1:
+        for i, rec in enumerate(recordings, 1):
+            yield rec, _recording_windows(rec, data_cfg)
+            progress(i)
+        return
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_all_start_methods, get_context
+
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=get_context(method)) as ex:
+        pending: deque = deque()
+        done = 0
+        for rec in recordings:
+            pending.append((dataclasses.replace(rec, signal=np.zeros(0, np.float32)), ex.submit(_recording_windows, rec, data_cfg)))
+            while len(pending) > 4 * workers:
+                r, f = pending.popleft()
+                done += 1
+                yield r, f.result()
+                progress(done)
+        while pending:
+            r, f = pending.popleft()
+            done += 1
+            yield r, f.result()
+            progress(done)
+
+
+def _progress_logger(total: int | None, log: Callable[[str], None] | None, every_s: float = 5.0):
+    """progress(n, final=False): a log line at most every ``every_s`` seconds and on the final call: n/total,
+    recordings/s."""
+    import time
+
+    t0, last = time.perf_counter(), [time.perf_counter()]
+
+    def progress(n: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if log is None or (now - last[0] < every_s and not final):
+            return
+        last[0] = now
+        rate = n / max(now - t0, 1e-9)
+        log(f"preprocessing: {n}{'/' + str(total) if total else ''} recordings, {rate:.1f} recordings/s")
+
+    return progress
+
+
+def build_cycles(spec: str | DataSpec, data_cfg, log: Callable[[str], None] | None = print, workers: int = 1) -> CycleSet:
+    """Read, preprocess and segment every recording of ``spec`` (no cache); ``workers`` processes (the
+    result is the same for any number)."""
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    sr = int(data_cfg.sample_rate)
     skips = SkipLog(log=log)  # one line per skipped file, as it happens
     waves, bounds, rows = [], [], []
     n_read = n_used = 0
-    for rec in iter_recordings(s, skips):
+    total = sum(f.endswith(".wav") for f, _, _ in spec_files(s)) or None
+    progress = _progress_logger(total, log)
+    for rec, res in _processed(iter_recordings(s, skips), data_cfg, workers, progress):
         n_read += 1
-        try:
-            x, cycles, source = recording_cycles(rec, data_cfg)
-        except Exception as e:  # a numerically broken file must not end the run
-            skips.skip(rec.id, "preprocessing failed", f"{type(e).__name__}: {e}"[:120])
+        if len(res) == 2:
+            skips.skip(rec.id, "preprocessing failed", res[1])
             continue
+        _, n_samples, source, w, b, cycles = res
         if not cycles:
-            skips.skip(rec.id, "no complete cycle", f"{len(x) / sr:.2f} s, {source} segmentation")
+            skips.skip(rec.id, "no complete cycle", f"{n_samples / sr:.2f} s, {source} segmentation")
             continue
         n_used += 1
+        waves.append(w)
+        bounds.append(b)
         for k, c in enumerate(cycles):
-            w, b = cycle_window(x, c, L)
-            waves.append(w)
-            bounds.append(b)
             rows.append({
                 "recording_id": rec.id, "group": str(rec.group), "label": rec.label, "cycle_index": k,
                 "start_sample": c.s1_onset, "source": source, "dataset": s.kind, "cycle_length": c.length,
                 "murmur": rec.meta.get("murmur"), "outcome": rec.meta.get("outcome"), "site": rec.meta.get("site"),
             })
+    progress(n_read, True)
     info = {"spec": str(s), "recordings_read": n_read, "recordings_used": n_used, "cycles": len(rows),
             "skipped": len(skips), "skip_counts": skips.counts(), "skips": skips.to_records()}
     if not rows:
         first = f"; first: {skips.entries[0][0]}: {skips.entries[0][1]}" if skips.entries else ""
         raise NoUsableRecordingsError(f"data spec {str(s)!r}: no usable recordings ({skips.summary()}{first})")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS + _META_COLUMNS)
-    cs = CycleSet(np.stack(waves).astype(np.float32), np.stack(bounds).astype(np.int64), table, sr, info)
+    cs = CycleSet(np.concatenate(waves).astype(np.float32), np.concatenate(bounds).astype(np.int64), table, sr, info)
     if log is not None:
         log(describe(cs))
     return cs
@@ -207,14 +271,16 @@ def _read(folder: Path) -> CycleSet:
     return CycleSet(waves, bounds, table, int(info["sample_rate"]), info)
 
 
-def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] | None = print) -> CycleSet:
-    """Cycles of ``spec`` under ``data_cfg``; cached under ``cache_dir`` (None = no cache).
+def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] | None = print,
+                workers: int = 1) -> CycleSet:
+    """Cycles of ``spec`` under ``data_cfg``; cached under ``cache_dir`` (None = no cache); a build runs in
+    ``workers`` processes (the cache key and the cycles do not depend on it).
 
     ``cs.info["cache"]`` is "hit", "miss" or "off". Raises DataSpecError / NoUsableRecordingsError.
     """
     s = parse_spec(spec) if isinstance(spec, str) else spec
     if cache_dir is None:
-        cs = build_cycles(s, data_cfg, log)
+        cs = build_cycles(s, data_cfg, log, workers)
         cs.info["cache"] = "off"
         return cs
     root = Path(cache_dir)
@@ -227,7 +293,7 @@ def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] 
         if log is not None:
             log(f"cache hit: {final}\n{describe(cs)}")
         return cs
-    cs = build_cycles(s, data_cfg, log)
+    cs = build_cycles(s, data_cfg, log, workers)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-cycles-{key[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -218,3 +218,59 @@ def test_split_on_circor_tiny_validates_a_label_seen_in_training(shared_data, da
     tr, va = split_by_group(cs, 0.2, 42, log=said.append)
     assert said == [] and set(cs.table["label"][va]) <= set(cs.table["label"][tr])
     assert set(cs.table["label"][tr]) == {"Present", "Absent", "Unknown"}
+
+
+def _aug(**kw):
+    base = dict(prob_time_shift=0.0, prob_amplitude_scale=0.0, gaussian_noise_std=0.0)
+    return dataclasses.replace(AugmentationConfig(), **{**base, **kw})
+
+
+def test_physiological_augmentations_do_what_they_name():
+    L, sr = 5000, 5000
+    t = np.arange(L) / sr
+    wave = (np.sin(2 * np.pi * 20 * t) + np.sin(2 * np.pi * 350 * t)).astype(np.float32)
+    wave[4000:] = 0
+    b = np.array([0, 500, 2000, 2500, 4000])
+    rng = np.random.default_rng(0)
+    # time stretch: bounds scale by r and the content follows them
+    v, vb, _ = augment(wave, b, _aug(prob_time_stretch=1.0, time_stretch_range=[1.1, 1.1]), rng, sr)
+    assert np.array_equal(vb, [0, 550, 2200, 2750, 4400])
+    assert np.allclose(v[::11][:300], wave[::10][:300], atol=1e-4)
+    # gain per substructure: each span times one factor in the range
+    v, vb, _ = augment(wave, b, _aug(prob_sub_gain=1.0, sub_gain_range=[0.5, 1.5]), rng, sr)
+    ratios = [v[lo:hi][np.abs(wave[lo:hi]) > 0.1] / wave[lo:hi][np.abs(wave[lo:hi]) > 0.1] for lo, hi in zip(b, b[1:])]
+    assert all(np.allclose(r, r[0], atol=1e-5) and 0.5 <= r[0] <= 1.5 for r in ratios)
+    assert len({round(float(r[0]), 4) for r in ratios}) == 4
+    # band limit: one of the two tones is removed (low-pass below 350 Hz or high-pass above 20 Hz)
+    spec = lambda x: np.abs(np.fft.rfft(x[:4000]))  # noqa: E731
+    kept = []
+    for seed in range(8):
+        v, _, _ = augment(wave, b, _aug(prob_band_limit=1.0), np.random.default_rng(seed), sr)
+        s = spec(v)
+        kept.append((bool(s[280] > 100), bool(s[16] > 100)))  # 350 Hz, 20 Hz (1.25 Hz bins)
+    assert (True, False) in kept and (False, True) in kept
+    with pytest.raises(ValueError, match="needs the sample rate"):
+        augment(wave, b, _aug(prob_band_limit=1.0), rng)
+    # noise at an SNR: the measured SNR over the cycle span is the drawn one
+    v, _, _ = augment(wave, b, _aug(prob_snr_noise=1.0, snr_db_range=[10.0, 10.0]), rng, sr)
+    noise = v[:4000] - wave[:4000]
+    assert 10 * np.log10(np.mean(wave[:4000] ** 2) / np.mean(noise ** 2)) == pytest.approx(10.0, abs=0.3)
+
+
+def test_defaults_draw_nothing_new_and_other_cycle_positive(small_cycles):
+    # all new probabilities at 0: the same random stream, so the same views as before these keys existed
+    aug = AugmentationConfig()
+    a = augment(small_cycles.waves[0], small_cycles.bounds[0], aug, np.random.default_rng(5), small_cycles.sample_rate)
+    rng = np.random.default_rng(5)
+    assert rng.random() == pytest.approx(np.random.default_rng(5).random())
+    b = augment(small_cycles.waves[0], small_cycles.bounds[0], aug, np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # prob_other_cycle = 1: view 2 comes from another cycle of the same recording
+    aug = _aug(prob_other_cycle=1.0)
+    ds = ContrastiveCycleDataset(small_cycles, aug, seed=0)
+    rid = small_cycles.table["recording_id"].to_numpy()
+    for i in range(0, len(small_cycles), 7):
+        (w1, _, _), (w2, _, _) = ds.views(i)
+        assert np.array_equal(w1, small_cycles.waves[i])
+        j = [k for k in range(len(small_cycles)) if np.array_equal(small_cycles.waves[k], w2)]
+        assert j and j[0] != i and rid[j[0]] == rid[i]
