@@ -210,7 +210,8 @@ def jobs_for(a) -> list[tuple]:
     tag = hashlib.sha256(json.dumps([a.data, a.preset, a.overrides]).encode()).hexdigest()[:10]
     base = dict(data=a.data, cache_dir=a.cache_dir, preset=a.preset, overrides=a.overrides, cv_only=a.cv_only,
                 threads=a.threads)
-    jobs = [(run_baselines, dict(base, direction=d, seed=0)) for d in a.directions if not a.no_baselines]
+    skip = a.no_baselines or a.baselines_from
+    jobs = [(run_baselines, dict(base, direction=d, seed=0)) for d in a.directions if not skip]
     for d in a.directions:
         for s in a.seeds:
             ckpt = Path(a.runs_dir) / tag / f"{d.replace(':', '_')}_seed{s}.pt"
@@ -222,13 +223,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="yaseen:../shared/data/yaseen2018")
     ap.add_argument("--directions", nargs="+", default=["1-50:51-100", "51-100:1-50"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="training seeds (none: baselines only)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="pretraining config override (pahcl.config keys), repeatable")
     ap.add_argument("--cv-only", action="store_true", help="score only by cross-validation inside the training side")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--baselines-from", default=None, metavar="JSON",
+                    help="take the logspec / pcg rows from an earlier --out of the same data and directions")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--cache-dir", default="out/cache")
@@ -258,6 +261,11 @@ def main(argv=None) -> int:
             results = [f.result() for f in [ex.submit(fn, job) for fn, job in jobs]]
     else:
         results = [fn(job) for fn, job in jobs]
+    if a.baselines_from:
+        old = json.loads(Path(a.baselines_from).read_text())
+        if old["args"]["data"] != a.data or not set(a.directions) <= set(old["args"]["directions"]):
+            ap.error(f"--baselines-from {a.baselines_from}: other data or directions than this run")
+        results += [r for r in old["runs"] if r["seed"] is None and r["direction"] in a.directions]
     summary = aggregate(results)
     md = markdown(summary)
     print(md)
