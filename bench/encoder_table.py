@@ -219,6 +219,22 @@ def jobs_for(a) -> list[tuple]:
     return jobs
 
 
+def combine(paths: list[str], out: str | None) -> int:
+    """One JSON/table from several earlier outputs (runs concatenated, summary recomputed)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    if len({json.dumps([j["args"]["data"], j["args"]["preset"]]) for j in parts}) != 1:
+        raise SystemExit("--combine: the files are of different data or presets")
+    runs = [r for j in parts for r in j["runs"]]
+    summary = aggregate(runs)
+    md = markdown(summary)
+    print(md)
+    write_json(out, dict(first, command=" ; ".join(j["command"] for j in parts), date=" / ".join(j["date"] for j in parts),
+                         wall_s=sum(j["wall_s"] for j in parts), load_end=parts[-1]["load_end"],
+                         combined=[str(p) for p in paths], summary=summary, markdown=md, runs=runs))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="yaseen:../shared/data/yaseen2018")
@@ -238,7 +254,11 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-dir", default="out/encoder_table", help="checkpoints; a finished run is reused")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke-test", action="store_true", help="tiny preset, synthetic:16, 1 epoch, 1 seed")
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="no runs: one table from earlier --out files "
+                    "(e.g. an encoder run with --no-baselines and a baselines-only run); their commands are kept")
     a = ap.parse_args(argv)
+    if a.combine:
+        return combine(a.combine, a.out)
     if a.smoke_test:
         import tempfile
 

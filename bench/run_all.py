@@ -412,7 +412,9 @@ def sec_preprocess(j: dict | None) -> str:
     return (h + _cmd(j["command"]) + f"\n\n{j['date']}, {j['wall_s']:.0f} s, 1-minute load {j['load_start'][0]:.1f} "
             f"at start, {j['load_end'][0]:.1f} at end. `build_cycles(..., workers=N)` = `python -m pahcl.preprocess "
             "--workers N`, no cache, worker counts alternated within each repeat; median over repeats; process "
-            "start-up included. The extrapolation assumes the full sets' recordings last as long on average as "
+            "start-up included. CirCor is extrapolated at circor_tiny's rate per second of audio (its cycles come "
+            "from the annotations), PhysioNet 2016 at Yaseen's (no annotations: the automatic segmenter runs on "
+            "every recording). The extrapolation assumes the full sets' recordings last as long on average as "
             f"`{first['spec'].split(':')[0]}`'s ({first.get('assumed_mean_duration_s', float('nan')):.1f} s) and "
             "scales with the audio.\n\n" + _md(j["markdown"]) + "\n")
 

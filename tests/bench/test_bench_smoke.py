@@ -32,4 +32,20 @@ def test_preprocess_throughput_smoke(tmp_path):
     j = _run("preprocess_throughput.py", tmp_path / "p.json")
     assert [r["workers"] for r in j["rows"]] == [1, 2]
     assert all(r["recordings"] == 4 and r["recordings_per_s"] > 0 for r in j["rows"])
-    assert set(j["rows"][0]["full_sets_min"]) == {"CirCor (5,272)", "PhysioNet 2016 (3,240)"}
+    assert set(j["full_sets"]) == {"CirCor (5,272)", "PhysioNet 2016 (3,240)"}
+    assert "PhysioNet 2016 (3,240): min (extrapolated)" in j["markdown"]
+
+
+def test_preprocess_extrapolation_uses_the_matching_rate():
+    """CirCor at circor_tiny's rate per audio second, PhysioNet 2016 at the auto-segmented (Yaseen) rate, both
+    for circor_tiny's mean recording duration."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from preprocess_throughput import summarise
+
+    runs = [{"spec": "circor:c", "workers": 1, "wall_s": 1.0, "recordings_per_s": 10.0, "audio_s_per_s": 200.0,
+             "recordings": 10, "audio_s": 200.0},
+            {"spec": "yaseen:y", "workers": 1, "wall_s": 10.0, "recordings_per_s": 40.0, "audio_s_per_s": 20.0,
+             "recordings": 400, "audio_s": 1000.0}]
+    rows, md = summarise(runs, ["circor:c", "yaseen:y"], [1])
+    assert rows[0]["full_sets_min"] == {"CirCor (5,272)": 5272 * 20.0 / 200.0 / 60}
+    assert rows[1]["full_sets_min"] == {"PhysioNet 2016 (3,240)": 3240 * 20.0 / 20.0 / 60}
