@@ -39,6 +39,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "mamba_backends": (["bench/mamba_backends.py", "--skip-large", "--repeats", "3", "--only", "full fused b8,full naive b8,small"],
                        ["--smoke-test"]),
     "search_efficiency": (["bench/search_efficiency.py"], ["--smoke-test"]),
+    "preprocess_throughput": (["bench/preprocess_throughput.py"], ["--smoke-test"]),
 }
 
 
@@ -397,7 +398,7 @@ def _gpu_probe_rows(j: dict) -> list[list]:
 
 
 def sec_gpu(j: dict | None) -> str:
-    h = "## 9. GPU acceptance (`make gpu-check`)\n\n"
+    h = "## 11. GPU acceptance (`make gpu-check`)\n\n"
     cmd = "make gpu-check   # = python bench/gpu_check.py --out bench/results/gpu_check.json"
     if not j or j.get("device") != "cuda":
         dry = ""
@@ -432,11 +433,50 @@ def sec_gpu(j: dict | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def sec_encoder_table(j: dict | None) -> str:
+    """Section 9: bench/encoder_table.py (not re-run here: one pretraining per direction and seed)."""
+    h = "## 9. Encoder vs baselines on Yaseen: both directions, seeds, recording level\n\n"
+    cmd = ("nice -n 10 python bench/encoder_table.py --seeds 0 1 2 --epochs 30 --jobs 2 "
+           "--out bench/results/encoder_table.json")
+    if not j:
+        return (h + "Not re-run by `bench/run_all.py` (one pretraining per direction and seed). Command:\n\n"
+                + _cmd(cmd) + "\n\nNo `bench/results/encoder_table.json` was present when this file was generated.\n")
+    a = j["args"]
+    sets = ", ".join(f"`{o}`" for o in a["overrides"])
+    return (h + "Not re-run by `bench/run_all.py`; rendered from `bench/results/encoder_table.json`. Command:\n\n"
+            + _cmd(j["command"]) + f"\n\n{j['date']}, {j['wall_s'] / 60:.0f} min, 1-minute load "
+            f"{j['load_start'][0]:.1f} at start, {j['load_end'][0]:.1f} at end ({a['jobs']} runs at a time, "
+            f"{a['threads']} torch thread each). Pretraining: preset `{a['preset']}`, {sets}; seeds {a['seeds']}; "
+            "each encoder is pretrained on its TRAINING side only (the test recordings are never seen), "
+            "recording level (mean of cycle scores). *test*: fit on the training side, score the test side; *cv*: "
+            "5-fold cross-validation inside the training side (grouped by recording, stratified by class), the "
+            "number pretraining changes are decided by. Mean ± std over seeds (one value when one run). The "
+            "baselines learn nothing, so they have one row per direction. Discussion: docs/training.md.\n\n"
+            + _md(j["markdown"]) + "\n")
+
+
+def sec_preprocess(j: dict | None) -> str:
+    """Section 10: bench/preprocess_throughput.py."""
+    h = "## 10. Preprocessing throughput: 1 vs 2 processes, extrapolated to the full CirCor and PhysioNet 2016\n\n"
+    if not j:
+        return h + ("Not run yet: `python bench/preprocess_throughput.py --out "
+                    "bench/results/preprocess_throughput.json`.\n")
+    first = j["rows"][0]
+    return (h + _cmd(j["command"]) + f"\n\n{j['date']}, {j['wall_s']:.0f} s, 1-minute load {j['load_start'][0]:.1f} "
+            f"at start, {j['load_end'][0]:.1f} at end. `build_cycles(..., workers=N)` = `python -m pahcl.preprocess "
+            "--workers N`, no cache, worker counts alternated within each repeat; median over repeats; process "
+            "start-up included. CirCor is extrapolated at circor_tiny's rate per second of audio (its cycles come "
+            "from the annotations), PhysioNet 2016 at Yaseen's (no annotations: the automatic segmenter runs on "
+            "every recording). The extrapolation assumes the full sets' recordings last as long on average as "
+            f"`{first['spec'].split(':')[0]}`'s ({first.get('assumed_mean_duration_s', float('nan')):.1f} s) and "
+            "scales with the audio.\n\n" + _md(j["markdown"]) + "\n")
+
+
 def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
     m = machine()
     J = {n: _load(d, n) for n in ("harness_overhead", "search_efficiency", "concurrency", "mamba_backends",
                                   "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput",
-                                  "gpu_check")}
+                                  "encoder_table", "preprocess_throughput", "gpu_check")}
     if J["concurrency"]:
         J["concurrency"]["_dir"] = str(d)
     if J["mamba_backends"]:
@@ -476,9 +516,10 @@ def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
     tp = sec_throughput(J["train_throughput"])
     if tp:
         parts.append(tp)
+    parts += [sec_encoder_table(J["encoder_table"]), sec_preprocess(J["preprocess_throughput"])]
     parts.append(sec_gpu(J["gpu_check"]))
     parts.append("## Not run here\n\n* Every GPU figure (section 3's peak memory / `auto` packing / packed "
-                 "throughput, section 4's CUDA rows, section 9): no GPU was lent to this task. The code paths exist "
+                 "throughput, section 4's CUDA rows, section 11): no GPU was lent to this task. The code paths exist "
                  "and run when CUDA is present; `make gpu-check` measures them in one command.\n* The 30-epoch Yaseen pretraining behind section 7 is not re-run by "
                  "`bench/run_all.py` (about 20 min on 2 idle cores): run separately, see docs/training.md.")
     text = "\n\n".join(p.rstrip() for p in parts) + "\n\n" + KEEP_MARK + "\n"

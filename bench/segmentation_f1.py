@@ -3,6 +3,7 @@
     .venv/bin/python bench/segmentation_f1.py                       # ../shared/data/circor_tiny
     .venv/bin/python bench/segmentation_f1.py --data circor:DIR --tolerance 0.06 --markdown out.md
     .venv/bin/python bench/segmentation_f1.py --out bench/results/segmentation_f1.json   # + JSON (bench/run_all.py)
+    .venv/bin/python bench/segmentation_f1.py --trained-lopo --synthetic 40 --C 0.1   # trained emissions, see below
 
 Each recording goes through the training preprocessing (``preprocess_signal`` at data.sample_rate)
 and ``segment_states``; a detected S1 (S2) is the centre of a decoded S1 (S2) state. A detection
@@ -10,6 +11,11 @@ is a hit when its centre lies within ``tolerance`` (60 ms) of an annotated sound
 one-to-one matching (closest pairs first). Only the annotated region counts: detections whose
 centre lies between the start of the first and the end of the last non-zero-state annotation.
 Prints a markdown table (per recording + overall micro-averaged F1).
+
+``--trained-lopo``: Springer-style trained emissions (``pahcl.data.springer.EmissionModel``: logistic
+regression on frame envelopes) instead of the per-recording Gaussian ones, patient-level held out: each
+patient's recordings are decoded by a model trained on the OTHER patients' annotated frames (plus
+``--synthetic N`` generated recordings).
 """
 from __future__ import annotations
 
@@ -68,6 +74,18 @@ def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
+def lopo_models(recs, cfg, n_synthetic: int, C: float) -> dict:
+    """{patient: EmissionModel trained on the other patients' annotated frames (+ synthetic:N)}."""
+    from pahcl.data.springer import EmissionModel, training_frames
+
+    sr = cfg.sample_rate
+    frames = {r.id: training_frames(preprocess_signal(r.signal, r.sample_rate, cfg), sr, r.annotations) for r in recs}
+    syn = [training_frames(preprocess_signal(r.signal, r.sample_rate, cfg), sr, r.annotations)
+           for r in (read_recordings(f"synthetic:{n_synthetic}") if n_synthetic else [])]
+    return {p: EmissionModel(C=C).fit([frames[r.id] for r in recs if r.group != p] + syn)
+            for p in sorted({r.group for r in recs})}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=f"circor:{ROOT / '..' / 'shared' / 'data' / 'circor_tiny'}")
@@ -75,16 +93,21 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-rate", type=int, default=DataConfig().sample_rate)
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
     ap.add_argument("--out", default=None, help="also write the table and overall scores as JSON")
+    ap.add_argument("--trained-lopo", action="store_true", help="trained emissions, leave one patient out")
+    ap.add_argument("--synthetic", type=int, default=0, help="with --trained-lopo: also train on synthetic:N")
+    ap.add_argument("--C", type=float, default=1.0, help="with --trained-lopo: logistic-regression C")
     args = ap.parse_args(argv)
     cfg = DataConfig(sample_rate=args.sample_rate)
     recs = [r for r in read_recordings(args.data) if r.annotations is not None]
+    models = lopo_models(recs, cfg, args.synthetic, args.C) if args.trained_lopo else {}
     lines = ["| recording | S1 ref | S1 TP | S1 FP | S1 FN | S1 F1 | S2 ref | S2 TP | S2 FP | S2 FN | S2 F1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     tot = {"S1": np.zeros(3, int), "S2": np.zeros(3, int)}
     t0 = time.perf_counter()
     for r in recs:
         x = preprocess_signal(r.signal, r.sample_rate, cfg)
-        res = score_recording(r.annotations, segment_states(x, cfg.sample_rate), cfg.sample_rate, args.tolerance)
+        segs = segment_states(x, cfg.sample_rate, emission_model=models.get(r.group))
+        res = score_recording(r.annotations, segs, cfg.sample_rate, args.tolerance)
         cells = [r.id]
         for k in ("S1", "S2"):
             tp, fp, fn = res[k]

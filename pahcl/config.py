@@ -85,6 +85,9 @@ class ModelConfig:
     use_moco: bool = _f(True)
     moco_momentum: float = _f(0.999, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     queue_size: int = _f(8192, lo=1, hi=1_000_000)
+    embed_pool: str = _f("window", choices=["window", "cycle"],
+                         help="cycle embedding (projector input and frozen features): mean over all tokens of the "
+                              "window (zero padding included) or over the cycle's own span, S1 onset to next S1 onset")
 
 
 @dataclass
@@ -121,6 +124,16 @@ class AugmentationConfig:
     gaussian_noise_std: float = _f(0.01, lo=0.0, hi=10.0)
     prob_time_shift: float = _f(0.5, lo=0.0, hi=1.0)
     prob_amplitude_scale: float = _f(0.5, lo=0.0, hi=1.0)
+    # physiological augmentations (0 = off: the defaults keep the old views); see pahcl/data/dataset.py
+    prob_time_stretch: float = _f(0.0, lo=0.0, hi=1.0, help="heart-rate change: resample the cycle by a factor")
+    time_stretch_range: list[float] = _f([0.85, 1.15], length=2)
+    prob_band_limit: float = _f(0.0, lo=0.0, hi=1.0, help="random low-pass (150-400 Hz) or high-pass (25-80 Hz)")
+    prob_snr_noise: float = _f(0.0, lo=0.0, hi=1.0, help="white noise at an SNR drawn from snr_db_range")
+    snr_db_range: list[float] = _f([5.0, 30.0], length=2)
+    prob_sub_gain: float = _f(0.0, lo=0.0, hi=1.0, help="an independent gain per substructure (S1, systole, S2, diastole)")
+    sub_gain_range: list[float] = _f([0.5, 1.5], length=2)
+    prob_other_cycle: float = _f(0.0, lo=0.0, hi=1.0,
+                                 help="view 2 from another cycle of the same recording (when it has one)")
 
 
 @dataclass
@@ -310,6 +323,11 @@ def validate(cfg: Config) -> Config:
     lo, hi = a.amplitude_scale_range
     if not 0 < lo <= hi:
         raise ConfigError(f"augmentation.amplitude_scale_range: {[lo, hi]} must satisfy 0 < low <= high")
+    for key in ("time_stretch_range", "sub_gain_range", "snr_db_range"):
+        lo, hi = getattr(a, key)
+        if not (lo <= hi and (key == "snr_db_range" or lo > 0)):
+            rule = "low <= high" if key == "snr_db_range" else "0 < low <= high"
+            raise ConfigError(f"augmentation.{key}: {[lo, hi]} must satisfy {rule}")
     if t.min_lr > t.learning_rate:
         raise ConfigError(f"training.min_lr: {t.min_lr} must not exceed training.learning_rate ({t.learning_rate})")
     if t.warmup_epochs > t.num_epochs:

@@ -12,6 +12,7 @@ Pure functions on feature arrays (numpy or torch) plus a CLI. Exact commands:
         --test yaseen:../shared/data/yaseen2018 --split-by-index 1-50:51-100 --protocol linear --level recording
     ... --random-init          # same architecture (from the checkpoint's config), seeded random weights
     ... --baseline logspec     # mean log-magnitude STFT per frequency bin, no learning (--checkpoint optional)
+    ... --baseline pcg         # hand-made PCG features: band statistics over the cycle and each substructure
 
     python -m pahcl.evaluate --smoke-test   # seconds: tiny random-init encoder, synthetic:8, kNN
 
@@ -48,6 +49,7 @@ __all__ = [
     "knn_predict",
     "linear_probe",
     "logspec_features",
+    "pcg_features",
     "probe_c_arg",
     "recording_level",
     "recording_numbers",
@@ -214,17 +216,22 @@ def align_uniform(z1, z2, alpha: float = 2.0, t: float = 2.0) -> tuple[float, fl
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, cycles, batch_size: int = 256, device: str | torch.device = "cpu") -> np.ndarray:
-    """``model.embed`` on every cycle (input [B, 1, L]) in eval mode under no_grad -> float32 [N, d].
-    ``cycles`` is a CycleSet or a float array [N, L]. The model's train/eval mode is restored."""
+    """``model.embed`` on every cycle (input [B, 1, L], and the CycleSet's bounds [B, 5]) in eval mode under
+    no_grad -> float32 [N, d]. ``cycles`` is a CycleSet or a float array [N, L] (no bounds: window mean). The model's train/eval mode is restored."""
     waves = cycles.waves if hasattr(cycles, "waves") else cycles
     waves = _np(waves)
+    bounds = getattr(cycles, "bounds", None)  # N×5 samples, for model.embed_pool: cycle
     was_training = model.training
     model.eval()
     out = []
     try:
         for s in range(0, len(waves), batch_size):
             x = torch.as_tensor(np.ascontiguousarray(waves[s : s + batch_size]), dtype=torch.float32, device=device)
-            out.append(model.embed(x.unsqueeze(1)).float().cpu())
+            if bounds is None:
+                out.append(model.embed(x.unsqueeze(1)).float().cpu())
+            else:
+                b = torch.as_tensor(np.asarray(bounds[s : s + batch_size]), device=device)
+                out.append(model.embed(x.unsqueeze(1), b).float().cpu())
     finally:
         model.train(was_training)
     if not out:
@@ -240,6 +247,78 @@ def logspec_features(waves: np.ndarray, sample_rate: int, n_fft: int = 256, hop:
     spec = torch.stft(x, n_fft=n_fft, hop_length=hop, window=torch.hann_window(n_fft), return_complex=True).abs()
     bins = int(np.floor(max_hz / (sample_rate / n_fft))) + 1
     return torch.log1p(spec[:, :bins]).mean(-1).numpy().astype(np.float32)
+
+
+PCG_BANDS_HZ = ((25, 50), (50, 100), (100, 150), (150, 200), (200, 300), (300, 400), (400, 800))
+PCG_SEGMENTS = ("cycle", "S1", "systole", "S2", "diastole")
+
+
+def _segment_stats(seg: np.ndarray, sample_rate: int) -> np.ndarray:
+    """One segment [n] -> [len(PCG_BANDS_HZ) + 5]: log band powers (Hann periodogram), log RMS, log peak
+    |x|, spectral centroid (Hz / 100), spectral spread (Hz / 100), envelope crest factor (peak / RMS)."""
+    nb = len(PCG_BANDS_HZ)
+    if len(seg) < 16:
+        return np.zeros(nb + 5)
+    n_fft = 1 << int(np.ceil(np.log2(max(len(seg), 256))))
+    power = np.abs(np.fft.rfft(seg * np.hanning(len(seg)), n_fft)) ** 2 / len(seg)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    bands = [power[(freqs >= lo) & (freqs < hi)].sum() for lo, hi in PCG_BANDS_HZ]
+    total = power[(freqs >= 25) & (freqs < 800)]
+    f = freqs[(freqs >= 25) & (freqs < 800)]
+    centroid = float((f * total).sum() / max(total.sum(), 1e-12))
+    spread = float(np.sqrt(((f - centroid) ** 2 * total).sum() / max(total.sum(), 1e-12)))
+    rms = float(np.sqrt(np.mean(seg ** 2)))
+    peak = float(np.abs(seg).max())
+    return np.r_[np.log(np.asarray(bands) + 1e-8), np.log(rms + 1e-8), np.log(peak + 1e-8), centroid / 100,
+                 spread / 100, peak / max(rms, 1e-8)]
+
+
+def _span_logspec(seg: np.ndarray, sample_rate: int, n_fft: int = 256, max_hz: float = 800.0) -> np.ndarray:
+    """Mean and std over STFT frames (hop n_fft/4) of log(1 + |STFT|) per bin up to ``max_hz``, over the
+    segment only (zero-padded to n_fft when shorter) -> [2 * bins]."""
+    x = torch.as_tensor(np.asarray(seg, dtype=np.float32))
+    if len(x) < n_fft:
+        x = torch.nn.functional.pad(x, (0, n_fft - len(x)))
+    spec = torch.stft(x, n_fft=n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
+    bins = int(np.floor(max_hz / (sample_rate / n_fft))) + 1
+    logs = torch.log1p(spec.abs()[:bins])  # bins x frames
+    return torch.cat([logs.mean(-1), logs.std(-1, correction=0)]).numpy()
+
+
+def pcg_features(waves: np.ndarray, bounds: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Hand-made PCG features, as a PCG engineer would make them (no learning), per cycle -> float32 [N, D]
+    (D = 153 at 5 kHz).
+
+    For the whole cycle (S1 onset to next S1 onset: the cycle's own span, not the zero padding) and each of
+    its 4 substructures (S1, systole, S2, diastole): log power in the bands of ``PCG_BANDS_HZ``, log RMS,
+    log peak, spectral centroid and spread, crest factor (``_segment_stats``); plus durations (cycle length s,
+    heart rate / 100 bpm, each substructure's share of the cycle, systole / diastole ratio) and the level
+    contrasts a murmur or a valve sound changes: log RMS ratios S1/S2, systole/S1, diastole/S2,
+    systole/diastole; plus the cycle span's log-spectrum (mean and std over frames per bin up to 800 Hz,
+    ``_span_logspec``).
+    """
+    waves, bounds = _np(waves), _np(bounds).astype(np.int64)
+    out = []
+    for w, b in zip(waves, bounds):
+        spans = [(b[0], b[4]), (b[0], b[1]), (b[1], b[2]), (b[2], b[3]), (b[3], b[4])]
+        stats = [_segment_stats(w[lo:hi].astype(np.float64), sample_rate) for lo, hi in spans]
+        n_cycle = max(int(b[4] - b[0]), 1)
+        dur = np.diff(b).astype(np.float64)
+        log_rms = {name: st[len(PCG_BANDS_HZ)] for name, st in zip(PCG_SEGMENTS, stats)}
+        timing = np.r_[n_cycle / sample_rate, 60.0 * sample_rate / n_cycle / 100, dur / n_cycle,
+                       dur[1] / max(dur[3], 1.0)]
+        contrasts = np.r_[log_rms["S1"] - log_rms["S2"], log_rms["systole"] - log_rms["S1"],
+                          log_rms["diastole"] - log_rms["S2"], log_rms["systole"] - log_rms["diastole"]]
+        spectrum = _span_logspec(w[b[0]:b[4]], sample_rate)
+        out.append(np.concatenate([*stats, timing, contrasts, spectrum]))
+    return np.asarray(out, dtype=np.float32).reshape(len(waves), -1) if out else np.zeros((0, 0), np.float32)
+
+
+def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-score both sides with the TRAINING side's mean and std (constant columns -> 0)."""
+    mu, sd = train.mean(0), train.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    return ((train - mu) / sd).astype(np.float32), ((test - mu) / sd).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- during pretraining
@@ -370,9 +449,13 @@ def _build_model(cfg, state: dict | None, random_init: bool, seed: int):
 
 
 def frozen_features(kind: str, cfg, state: dict | None, train, test, seed: int = 0, device="cpu"):
-    """(train features, test features) for ``kind`` in pretrained | random_init | logspec."""
+    """(train features, test features) for ``kind`` in pretrained | random_init | logspec | pcg (``pcg``:
+    z-scored with the training side's statistics, so kNN's cosine weighs every feature alike)."""
     if kind == "logspec":
         return logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
+    if kind == "pcg":
+        return standardize(pcg_features(train.waves, train.bounds, train.sample_rate),
+                           pcg_features(test.waves, test.bounds, test.sample_rate))
     model = _build_model(cfg, state, kind == "random_init", seed).to(device)
     bs = cfg.evaluation.batch_size
     return extract_features(model, train, bs, device), extract_features(model, test, bs, device)
@@ -428,7 +511,9 @@ def _run(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--protocol", choices=["knn", "linear"], default="knn")
     p.add_argument("--level", choices=["cycle", "recording"], default="cycle")
     p.add_argument("--random-init", action="store_true", help="same architecture, seeded random weights")
-    p.add_argument("--baseline", choices=["logspec"], help="log-spectrogram features instead of the encoder")
+    p.add_argument("--baseline", choices=["logspec", "pcg"],
+                   help="no-learning features instead of the encoder: logspec (mean log-spectrogram) or pcg "
+                        "(band statistics over the cycle and its 4 substructures, durations, S1/S2 ratios)")
     p.add_argument("--split-by-index", metavar="A-B:C-D", help="split one spec by trailing recording number")
     p.add_argument("--cache-dir", default=None, help="cycle cache directory (default: none)")
     p.add_argument("--device", default="cpu")
@@ -452,10 +537,10 @@ def _run(argv: Sequence[str] | None = None) -> int:
         state, cfg = load_eval_checkpoint(args.checkpoint)
     elif args.smoke_test:
         cfg = load_config(preset="tiny")
-    elif args.baseline == "logspec":
+    elif args.baseline in ("logspec", "pcg"):
         cfg = load_config(preset="auto")
     else:
-        p.error("--checkpoint is required unless --baseline logspec")
+        p.error("--checkpoint is required unless --baseline logspec or pcg")
 
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries only the JSON)
     if args.split_by_index:
@@ -471,7 +556,7 @@ def _run(argv: Sequence[str] | None = None) -> int:
         train = load_cycles(args.train, cfg.data, cache_dir=args.cache_dir, log=say)
         test = train if args.test == args.train else load_cycles(args.test, cfg.data, cache_dir=args.cache_dir, log=say)
 
-    features = "logspec" if args.baseline == "logspec" else "random_init" if args.random_init else "pretrained"
+    features = args.baseline or ("random_init" if args.random_init else "pretrained")
     ftr, fte = frozen_features(features, cfg, state, train, test, args.seed, args.device)
     res = evaluate_features(
         ftr, train.table["label"].tolist(), fte, test.table["label"].tolist(), args.protocol, args.level,

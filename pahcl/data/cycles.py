@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -111,41 +112,105 @@ def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle],
     return x, cycles, source
 
 
-def build_cycles(spec: str | DataSpec, data_cfg, log: Callable[[str], None] | None = print) -> CycleSet:
-    """Read, preprocess and segment every recording of ``spec`` (no cache)."""
-    s = parse_spec(spec) if isinstance(spec, str) else spec
+def _recording_windows(rec: Recording, data_cfg) -> tuple:
+    """Worker job: one recording -> (id, n_samples, source, waves [n, L], bounds [n, 5], cycles) or (id, error)."""
     sr = int(data_cfg.sample_rate)
     L = int(round(data_cfg.segment_duration * sr))
+    try:
+        x, cycles, source = recording_cycles(rec, data_cfg)
+    except Exception as e:  # a numerically broken file must not end the run
+        return rec.id, f"{type(e).__name__}: {e}"[:120]
+    wins = [cycle_window(x, c, L) for c in cycles]
+    waves = np.stack([w for w, _ in wins]) if wins else np.zeros((0, L), np.float32)
+    bounds = np.stack([b for _, b in wins]) if wins else np.zeros((0, 5), np.int64)
+    return rec.id, len(x), source, waves, bounds, cycles
+
+
+def _processed(recordings, data_cfg, workers: int, progress: Callable[[int], None]):
+    """Yield (Recording without its signal, _recording_windows result) in input order; ``workers > 1`` runs
+    them in that many processes (forked where the OS allows: a spawned worker would first import pahcl, torch
+    included, which costs seconds; at most 4 x workers recordings in flight)."""
+    if workers <= 1:
+        for i, rec in enumerate(recordings, 1):
+            yield rec, _recording_windows(rec, data_cfg)
+            progress(i)
+        return
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_all_start_methods, get_context
+
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=get_context(method)) as ex:
+        pending: deque = deque()
+        done = 0
+        for rec in recordings:
+            pending.append((dataclasses.replace(rec, signal=np.zeros(0, np.float32)), ex.submit(_recording_windows, rec, data_cfg)))
+            while len(pending) > 4 * workers:
+                r, f = pending.popleft()
+                done += 1
+                yield r, f.result()
+                progress(done)
+        while pending:
+            r, f = pending.popleft()
+            done += 1
+            yield r, f.result()
+            progress(done)
+
+
+def _progress_logger(total: int | None, log: Callable[[str], None] | None, every_s: float = 5.0):
+    """progress(n, final=False): a log line at most every ``every_s`` seconds and on the final call: n/total,
+    recordings/s."""
+    import time
+
+    t0, last = time.perf_counter(), [time.perf_counter()]
+
+    def progress(n: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if log is None or (now - last[0] < every_s and not final):
+            return
+        last[0] = now
+        rate = n / max(now - t0, 1e-9)
+        log(f"preprocessing: {n}{'/' + str(total) if total else ''} recordings, {rate:.1f} recordings/s")
+
+    return progress
+
+
+def build_cycles(spec: str | DataSpec, data_cfg, log: Callable[[str], None] | None = print, workers: int = 1) -> CycleSet:
+    """Read, preprocess and segment every recording of ``spec`` (no cache); ``workers`` processes (the
+    result is the same for any number)."""
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    sr = int(data_cfg.sample_rate)
     skips = SkipLog(log=log)  # one line per skipped file, as it happens
     waves, bounds, rows = [], [], []
     n_read = n_used = 0
-    for rec in iter_recordings(s, skips):
+    total = sum(f.endswith(".wav") for f, _, _ in spec_files(s)) or None
+    progress = _progress_logger(total, log)
+    for rec, res in _processed(iter_recordings(s, skips), data_cfg, workers, progress):
         n_read += 1
-        try:
-            x, cycles, source = recording_cycles(rec, data_cfg)
-        except Exception as e:  # a numerically broken file must not end the run
-            skips.skip(rec.id, "preprocessing failed", f"{type(e).__name__}: {e}"[:120])
+        if len(res) == 2:
+            skips.skip(rec.id, "preprocessing failed", res[1])
             continue
+        _, n_samples, source, w, b, cycles = res
         if not cycles:
-            skips.skip(rec.id, "no complete cycle", f"{len(x) / sr:.2f} s, {source} segmentation")
+            skips.skip(rec.id, "no complete cycle", f"{n_samples / sr:.2f} s, {source} segmentation")
             continue
         n_used += 1
+        waves.append(w)
+        bounds.append(b)
         for k, c in enumerate(cycles):
-            w, b = cycle_window(x, c, L)
-            waves.append(w)
-            bounds.append(b)
             rows.append({
                 "recording_id": rec.id, "group": str(rec.group), "label": rec.label, "cycle_index": k,
                 "start_sample": c.s1_onset, "source": source, "dataset": s.kind, "cycle_length": c.length,
                 "murmur": rec.meta.get("murmur"), "outcome": rec.meta.get("outcome"), "site": rec.meta.get("site"),
             })
+    progress(n_read, True)
     info = {"spec": str(s), "recordings_read": n_read, "recordings_used": n_used, "cycles": len(rows),
             "skipped": len(skips), "skip_counts": skips.counts(), "skips": skips.to_records()}
     if not rows:
         first = f"; first: {skips.entries[0][0]}: {skips.entries[0][1]}" if skips.entries else ""
         raise NoUsableRecordingsError(f"data spec {str(s)!r}: no usable recordings ({skips.summary()}{first})")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS + _META_COLUMNS)
-    cs = CycleSet(np.stack(waves).astype(np.float32), np.stack(bounds).astype(np.int64), table, sr, info)
+    cs = CycleSet(np.concatenate(waves).astype(np.float32), np.concatenate(bounds).astype(np.int64), table, sr, info)
     if log is not None:
         log(describe(cs))
     return cs
@@ -206,8 +271,10 @@ def _read(folder: Path) -> CycleSet:
     return CycleSet(waves, bounds, table, int(info["sample_rate"]), info)
 
 
-def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] | None = print) -> CycleSet:
-    """Cycles of ``spec`` under ``data_cfg``; cached under ``cache_dir`` (None = no cache).
+def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] | None = print,
+                workers: int = 1) -> CycleSet:
+    """Cycles of ``spec`` under ``data_cfg``; cached under ``cache_dir`` (None = no cache); a build runs in
+    ``workers`` processes (the cache key and the cycles do not depend on it).
 
     ``cs.info["cache"]`` is "hit", "miss" or "off"; ``cs.info["spec"]`` is the absolute spec and
     ``cs.info["fingerprint"]`` the cache key (spec, files, data settings): what a checkpoint records of its
@@ -221,7 +288,7 @@ def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] 
 
 def _load_cycles(s: DataSpec, data_cfg, cache_dir, log) -> CycleSet:
     if cache_dir is None:
-        cs = build_cycles(s, data_cfg, log)
+        cs = build_cycles(s, data_cfg, log, workers)
         cs.info["cache"] = "off"
         return cs
     root = Path(cache_dir)
@@ -234,7 +301,7 @@ def _load_cycles(s: DataSpec, data_cfg, cache_dir, log) -> CycleSet:
         if log is not None:
             log(f"cache hit: {final}\n{describe(cs)}")
         return cs
-    cs = build_cycles(s, data_cfg, log)
+    cs = build_cycles(s, data_cfg, log, workers)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-cycles-{key[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -258,27 +325,80 @@ def _load_cycles(s: DataSpec, data_cfg, cache_dir, log) -> CycleSet:
 # ----------------------------------------------------------------------------- splits
 
 
-def split_by_group(cycles: CycleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _group_labels(cycles: CycleSet) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique groups [G], each group's label as a string [G]: its most frequent cycle label,
+    ties to the smaller string; "None" when the data has no labels)."""
+    t = cycles.table
+    groups = t["group"].astype(str).to_numpy()
+    labels = t["label"].astype(str).to_numpy() if "label" in t.columns else np.full(len(t), "None")
+    uniq = np.unique(groups)  # sorted: independent of row order
+    pairs = pd.DataFrame({"g": groups, "y": labels}).value_counts().reset_index(name="n")
+    pairs = pairs.sort_values(["g", "n", "y"], ascending=[True, False, True]).drop_duplicates("g")
+    by = dict(zip(pairs["g"], pairs["y"]))
+    return uniq, np.asarray([by[g] for g in uniq])
+
+
+def _stratified_quota(n_per_label: np.ndarray, n_val: int) -> np.ndarray:
+    """Validation groups per label stratum [S], summing to ``n_val``: proportional (largest remainder),
+    at most n_s - 1 per stratum (every label keeps a training group) while that is possible."""
+    frac = n_val * n_per_label / n_per_label.sum()
+    cap = np.maximum(n_per_label - 1, 0)
+    q = np.minimum(np.floor(frac).astype(np.int64), cap)
+    for s in np.argsort(-(frac - q), kind="stable"):  # largest remainder first, within the cap
+        if q.sum() >= n_val:
+            break
+        q[s] += int(q[s] < cap[s])
+    for cap_now in (cap, n_per_label):  # still short: any stratum with capacity, the cap last of all
+        for s in np.argsort(-n_per_label, kind="stable"):
+            while q.sum() < n_val and q[s] < cap_now[s]:
+                q[s] += 1
+    return q
+
+
+def split_by_group(cycles: CycleSet, val_fraction: float, seed: int,
+                   log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) int64, sorted; whole groups on one side, deterministic by ``seed``.
 
-    Groups are shuffled with ``seed`` and the first round(val_fraction * G) go to validation,
-    clamped to [1, G - 1] so both sides get at least one group. Raises ValueError for < 2 groups.
+    round(val_fraction * G) groups go to validation, clamped to [1, G - 1] so both sides get at least
+    one group. Stratified by label where possible: each group takes its most frequent label, each
+    label's share of the validation groups is proportional to its number of groups, and a label keeps at
+    least one group in training while any label has groups to spare; within a label the groups are
+    drawn with ``seed``. A label that still appears in validation but not in training (e.g. every label
+    has a single group) is reported through ``log`` (``warnings.warn`` without one): a kNN validation
+    score can never be right for it. Raises ValueError for < 2 groups.
     """
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction: {val_fraction!r} is out of range; allowed: (0, 1)")
     groups = cycles.table["group"].astype(str).to_numpy()
-    uniq = np.unique(groups)  # sorted: independent of row order
+    uniq, glabel = _group_labels(cycles)
     if len(uniq) < 2:
         raise ValueError(
             f"split_by_group: only {len(uniq)} group ({', '.join(uniq[:1])}) in {len(groups)} cycles; a grouped "
             "train/validation split needs at least 2 groups (patients / recordings)"
         )
     rng = np.random.default_rng(int(seed))
-    perm = uniq[rng.permutation(len(uniq))]
     n_val = int(np.clip(round(val_fraction * len(uniq)), 1, len(uniq) - 1))
-    is_val = np.isin(groups, perm[:n_val])
+    strata = np.unique(glabel)
+    quota = _stratified_quota(np.array([np.sum(glabel == s) for s in strata]), n_val)
+    val_groups = []
+    for s, q in zip(strata, quota):
+        members = uniq[glabel == s]
+        val_groups.extend(members[rng.permutation(len(members))[:q]])
+    is_val = np.isin(groups, val_groups)
+    unseen = sorted(set(glabel[np.isin(uniq, val_groups)]) - set(glabel[~np.isin(uniq, val_groups)]))
+    if unseen:
+        msg = unseen_classes_message(unseen, cycles.table["label"].astype(str).to_numpy()[is_val])
+        log(msg) if log is not None else warnings.warn(msg, stacklevel=2)
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
 
 
+def unseen_classes_message(unseen: list[str], val_labels: np.ndarray) -> str:
+    """One line naming the validation labels that have no training group."""
+    n = int(np.isin(val_labels, unseen).sum())
+    return (f"split_by_group: label(s) {', '.join(unseen)} appear in validation ({n} of {len(val_labels)} cycles) but "
+            "not in training, so val/knn_acc can never count them right; use more groups per label, another "
+            "seed, or a larger data.val_fraction")
+
+
 __all__ = ["CODE_VERSION", "CycleSet", "build_cycles", "cache_key", "cycle_window", "describe", "load_cycles",
-           "recording_cycles", "split_by_group"]
+           "recording_cycles", "split_by_group", "unseen_classes_message"]

@@ -267,15 +267,23 @@ def _state_emissions(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def segment_states(signal: np.ndarray, sample_rate: int, refine: int | None = None,
-                   max_bpm: float = MAX_HEART_RATE_BPM) -> list[tuple[int, int, int]]:
-    """Decoded state segments (start_sample, end_sample, state 1..4) covering the signal."""
+                   max_bpm: float = MAX_HEART_RATE_BPM, emission_model=None) -> list[tuple[int, int, int]]:
+    """Decoded state segments (start_sample, end_sample, state 1..4) covering the signal. ``emission_model``
+    (a fitted ``pahcl.data.springer.EmissionModel``) replaces the per-recording Gaussian emissions and their
+    hard-EM passes with trained ones; heart rate and duration model are the same."""
     x = np.asarray(signal, dtype=np.float64)
     if len(x) < int(0.3 * sample_rate) or not np.all(np.isfinite(x)) or float(np.std(x)) < 1e-8:
         return []  # too short, broken or constant: nothing to segment
     v = _features(x, sample_rate)
     cycle_s, sys_s = heart_rate(v, max_bpm=max_bpm)
     logp = _durations(cycle_s, sys_s, FEATURE_RATE)
-    segs, _ = _viterbi(_two_class_emissions(v), logp)
+    if emission_model is not None:
+        from .springer import frame_features
+
+        segs, _ = _viterbi(emission_model.log_emissions(frame_features(x, sample_rate)), logp)
+        refine = 0
+    else:
+        segs, _ = _viterbi(_two_class_emissions(v), logp)
     for _ in range(REFINE if refine is None else refine):
         labels = np.empty(len(v), dtype=np.int64)
         for a, b, j in segs:

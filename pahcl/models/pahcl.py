@@ -67,21 +67,34 @@ class PAHCL(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled encoder features N×d_model (no projector), under the caller's grad mode."""
-        return self.encoder(x).mean(dim=1)  # N×T×D -> N×D
+    def _pool_cycle(self, h: torch.Tensor, bounds: torch.Tensor | None) -> torch.Tensor:
+        """h: N×T×D tokens -> N×D cycle embedding: mean over all T tokens (``model.embed_pool: window``, or
+        no bounds), or over the cycle's own tokens, S1 onset to next S1 onset (``cycle``)."""
+        if self.cfg.embed_pool == "window" or bounds is None:
+            return h.mean(dim=1)  # N×D
+        b = bounds.to(h.device).long()
+        start = torch.div(b[:, :1], self.token_stride, rounding_mode="floor").clamp(0, h.shape[1] - 1)  # N×1
+        end = torch.div(b[:, 4:] + self.token_stride - 1, self.token_stride, rounding_mode="floor")  # N×1 (ceil)
+        end = torch.maximum(end, start + 1).clamp(max=h.shape[1])  # at least one token
+        return span_mean_pool(h, start, end)[:, 0]  # N×1×D -> N×D
+
+    def embed(self, x: torch.Tensor, bounds: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled encoder features N×d_model (no projector), under the caller's grad mode; ``bounds`` N×5
+        (samples) are used by ``model.embed_pool: cycle``."""
+        return self._pool_cycle(self.encoder(x), bounds)  # N×T×D -> N×D
 
     def forward(self, x1, b1, x2, b2) -> dict[str, torch.Tensor]:
         n = x1.shape[0]
         # both views in one pass: exact, since no normalisation mixes samples
         h = self.encoder(torch.cat([x1, x2], dim=0))  # 2N×T×D
-        z = F.normalize(self.projector(h.mean(dim=1)), dim=-1)  # 2N×C
-        subs = self._pool_subs(h, torch.cat([b1, b2], dim=0))  # 2N×4×D
+        b = torch.cat([b1, b2], dim=0)  # 2N×5
+        z = F.normalize(self.projector(self._pool_cycle(h, b)), dim=-1)  # 2N×C
+        subs = self._pool_subs(h, b)  # 2N×4×D
         s = F.normalize(self.sub_projector(subs), dim=-1)  # 2N×4×Cs
         out = {"q": z[:n], "z2": z[n:], "sub1": s[:n], "sub2": s[n:]}  # q, z2: N×C; sub*: N×4×Cs
         if self.use_moco:
             with torch.no_grad():
-                k = self.projector_k(self.encoder_k(x2).mean(dim=1))  # N×C
+                k = self.projector_k(self._pool_cycle(self.encoder_k(x2), b2))  # N×C
                 out["k"] = F.normalize(k, dim=-1).detach()  # N×C
         return out
 

@@ -16,6 +16,7 @@ from pahcl.evaluate import (
     knn_scores,
     linear_probe,
     logspec_features,
+    pcg_features,
     recording_level,
     recording_numbers,
     split_by_index,
@@ -154,6 +155,47 @@ def test_logspec_features_shape():
     assert f[0].argmax() != f[1].argmax()
 
 
+def _toy_cycle(sr, f_s1, a_s1, a_sys, f_sys, length):
+    """One synthetic cycle window [sr] with bounds: a tone burst S1 (f_s1, amplitude a_s1), a systolic
+    'murmur' (f_sys, a_sys), S2 at 150 Hz amplitude 1, silent diastole, zero padding after ``length`` samples."""
+    rng = np.random.default_rng(0)
+    b = np.array([0, int(0.1 * sr), int(0.4 * sr), int(0.5 * sr), length])
+    t = np.arange(sr) / sr
+    w = 0.001 * rng.standard_normal(sr)
+    w[b[0]:b[1]] += a_s1 * np.sin(2 * np.pi * f_s1 * t[b[0]:b[1]])
+    w[b[1]:b[2]] += a_sys * np.sin(2 * np.pi * f_sys * t[b[1]:b[2]])
+    w[b[2]:b[3]] += np.sin(2 * np.pi * 150 * t[b[2]:b[3]])
+    w[length:] = 0
+    return w.astype(np.float32), b
+
+
+def test_pcg_features_measure_what_they_name():
+    from pahcl.evaluate import PCG_BANDS_HZ
+
+    sr = 5000
+    nb = len(PCG_BANDS_HZ) + 5  # per-segment block: bands, log RMS, log peak, centroid, spread, crest
+    quiet, q_b = _toy_cycle(sr, 60, 2.0, 0.0, 300, 4000)
+    murmur, m_b = _toy_cycle(sr, 60, 2.0, 0.5, 250, 3000)
+    f = pcg_features(np.stack([quiet, murmur]), np.stack([q_b, m_b]), sr)
+    assert f.shape[0] == 2 and np.isfinite(f).all()
+    s1, systole = f[:, nb:2 * nb], f[:, 2 * nb:3 * nb]
+    # S1's energy is in its 50-100 Hz band; the murmur puts systolic energy into 200-300 Hz, and raises the
+    # systolic level and spectral centroid
+    assert s1[0, :len(PCG_BANDS_HZ)].argmax() == 1
+    assert systole[1, :len(PCG_BANDS_HZ)].argmax() == 4 and systole[1, 7] > systole[0, 7] + 5
+    assert systole[1, 9] * 100 == pytest.approx(250, abs=20)
+    timing = f[:, 5 * nb:5 * nb + 7]
+    assert timing[:, 0] == pytest.approx([0.8, 0.6]) and timing[:, 1] == pytest.approx([0.75, 1.0])
+    assert timing[0, 2:6] == pytest.approx(np.diff(q_b) / 4000)
+    contrasts = f[:, 5 * nb + 7:5 * nb + 11]
+    assert contrasts[:, 0] == pytest.approx([np.log(2.0)] * 2, abs=0.05)  # S1 twice as loud as S2
+    assert contrasts[1, 1] > contrasts[0, 1] + 5  # systole / S1 rises with the murmur
+    # the zero padding after the cycle changes nothing: features use the cycle's own span
+    padded = quiet.copy()
+    padded[4000:] = 0
+    assert np.allclose(pcg_features(padded[None], q_b[None], sr), f[:1], atol=1e-5)
+
+
 @pytest.mark.skipif(not YASEEN.is_dir(), reason="shared Yaseen data not present")
 def test_logspec_knn_on_yaseen_recording_level(tmp_path):
     from pahcl.config import load_config
@@ -186,7 +228,8 @@ def test_cli_prints_one_json(tmp_path, capsys):
     common = ["--train", "synthetic:8", "--test", "synthetic:8", "--cache-dir", str(tmp_path / "cache")]
     for extra, features in [(["--checkpoint", str(ckpt)], "pretrained"),
                             (["--checkpoint", str(ckpt), "--random-init", "--protocol", "linear"], "random_init"),
-                            (["--baseline", "logspec", "--checkpoint", str(ckpt), "--level", "recording"], "logspec")]:
+                            (["--baseline", "logspec", "--checkpoint", str(ckpt), "--level", "recording"], "logspec"),
+                            (["--baseline", "pcg", "--protocol", "linear", "--level", "recording"], "pcg")]:
         assert main(common + extra) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1

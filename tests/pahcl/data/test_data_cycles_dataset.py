@@ -161,3 +161,116 @@ def test_window_holds_the_cycle_only():
     assert np.array_equal(w, x[100:1100]) and b.tolist() == [0, 200, 600, 800, 1000]
     w, b = cycle_window(x, Cycle(2500, 2600, 2800, 2900, 3000), 1000)  # recording end
     assert np.array_equal(w[:500], x[2500:]) and (w[500:] == 0).all()
+
+
+def _toy_cycles(groups, labels):
+    """A CycleSet of one 8-sample cycle per (group, label) row: enough for split tests."""
+    import pandas as pd
+
+    from pahcl.data.cycles import CycleSet
+
+    n = len(groups)
+    table = pd.DataFrame({"recording_id": [f"r{i}" for i in range(n)], "group": groups, "label": labels})
+    return CycleSet(np.zeros((n, 8), np.float32), np.zeros((n, 5), np.int64), table, 1000)
+
+
+def test_split_by_group_is_stratified_by_label():
+    # 40 groups: 30 of label A, 10 of B (2 cycles each); 25 % validation -> 10 groups: 7-8 A and 2-3 B
+    groups = [f"g{i}" for i in range(40) for _ in range(2)]
+    labels = ["A" if i < 30 else "B" for i in range(40) for _ in range(2)]
+    cs = _toy_cycles(groups, labels)
+    for seed in range(5):
+        tr, va = split_by_group(cs, 0.25, seed)
+        val_groups = set(np.asarray(groups)[va])
+        n_b = sum(int(g[1:]) >= 30 for g in val_groups)
+        assert len(val_groups) == 10 and n_b in (2, 3), (seed, n_b)
+        assert not val_groups & set(np.asarray(groups)[tr])
+    # seeds still change which groups are drawn
+    assert len({tuple(split_by_group(cs, 0.25, s)[1]) for s in range(5)}) > 1
+
+
+def test_split_keeps_every_label_in_training_where_possible():
+    # 4 groups labelled X, Y, Y, Z (circor_tiny's shape): the only validation group that leaves every label in
+    # training is one of the two Y groups, whatever the seed
+    cs = _toy_cycles(["p1", "p2", "p3", "p4"], ["X", "Y", "Y", "Z"])
+    for seed in range(10):
+        tr, va = split_by_group(cs, 0.2, seed)
+        assert set(cs.table["label"][va]) == {"Y"} and set(cs.table["label"][tr]) == {"X", "Y", "Z"}
+
+
+def test_split_reports_a_validation_label_absent_from_training():
+    cs = _toy_cycles(["p1", "p2", "p3"], ["X", "Y", "Z"])  # one group per label: impossible to keep all
+    said = []
+    tr, va = split_by_group(cs, 0.3, 0, log=said.append)
+    (val_label,) = set(cs.table["label"][va])
+    assert len(said) == 1 and f"label(s) {val_label} appear in validation" in said[0] and "not in training" in said[0]
+    with pytest.warns(UserWarning, match="not in training"):
+        split_by_group(cs, 0.3, 0)
+    said.clear()
+    split_by_group(_toy_cycles(["p1", "p2", "p3", "p4"], ["X", "Y", "Y", "Z"]), 0.2, 0, log=said.append)
+    assert said == []
+
+
+def test_split_on_circor_tiny_validates_a_label_seen_in_training(shared_data, data_cfg):
+    # seed 42 used to put the only Unknown patient in validation (val/knn_acc 0 for every trial)
+    cs = load_cycles(f"circor:{shared_data / 'circor_tiny'}", data_cfg, log=None)
+    said = []
+    tr, va = split_by_group(cs, 0.2, 42, log=said.append)
+    assert said == [] and set(cs.table["label"][va]) <= set(cs.table["label"][tr])
+    assert set(cs.table["label"][tr]) == {"Present", "Absent", "Unknown"}
+
+
+def _aug(**kw):
+    base = dict(prob_time_shift=0.0, prob_amplitude_scale=0.0, gaussian_noise_std=0.0)
+    return dataclasses.replace(AugmentationConfig(), **{**base, **kw})
+
+
+def test_physiological_augmentations_do_what_they_name():
+    L, sr = 5000, 5000
+    t = np.arange(L) / sr
+    wave = (np.sin(2 * np.pi * 20 * t) + np.sin(2 * np.pi * 350 * t)).astype(np.float32)
+    wave[4000:] = 0
+    b = np.array([0, 500, 2000, 2500, 4000])
+    rng = np.random.default_rng(0)
+    # time stretch: bounds scale by r and the content follows them
+    v, vb, _ = augment(wave, b, _aug(prob_time_stretch=1.0, time_stretch_range=[1.1, 1.1]), rng, sr)
+    assert np.array_equal(vb, [0, 550, 2200, 2750, 4400])
+    assert np.allclose(v[::11][:300], wave[::10][:300], atol=1e-4)
+    # gain per substructure: each span times one factor in the range
+    v, vb, _ = augment(wave, b, _aug(prob_sub_gain=1.0, sub_gain_range=[0.5, 1.5]), rng, sr)
+    ratios = [v[lo:hi][np.abs(wave[lo:hi]) > 0.1] / wave[lo:hi][np.abs(wave[lo:hi]) > 0.1] for lo, hi in zip(b, b[1:])]
+    assert all(np.allclose(r, r[0], atol=1e-5) and 0.5 <= r[0] <= 1.5 for r in ratios)
+    assert len({round(float(r[0]), 4) for r in ratios}) == 4
+    # band limit: one of the two tones is removed (low-pass below 350 Hz or high-pass above 20 Hz)
+    spec = lambda x: np.abs(np.fft.rfft(x[:4000]))  # noqa: E731
+    kept = []
+    for seed in range(8):
+        v, _, _ = augment(wave, b, _aug(prob_band_limit=1.0), np.random.default_rng(seed), sr)
+        s = spec(v)
+        kept.append((bool(s[280] > 100), bool(s[16] > 100)))  # 350 Hz, 20 Hz (1.25 Hz bins)
+    assert (True, False) in kept and (False, True) in kept
+    with pytest.raises(ValueError, match="needs the sample rate"):
+        augment(wave, b, _aug(prob_band_limit=1.0), rng)
+    # noise at an SNR: the measured SNR over the cycle span is the drawn one
+    v, _, _ = augment(wave, b, _aug(prob_snr_noise=1.0, snr_db_range=[10.0, 10.0]), rng, sr)
+    noise = v[:4000] - wave[:4000]
+    assert 10 * np.log10(np.mean(wave[:4000] ** 2) / np.mean(noise ** 2)) == pytest.approx(10.0, abs=0.3)
+
+
+def test_defaults_draw_nothing_new_and_other_cycle_positive(small_cycles):
+    # all new probabilities at 0: the same random stream, so the same views as before these keys existed
+    aug = AugmentationConfig()
+    a = augment(small_cycles.waves[0], small_cycles.bounds[0], aug, np.random.default_rng(5), small_cycles.sample_rate)
+    rng = np.random.default_rng(5)
+    assert rng.random() == pytest.approx(np.random.default_rng(5).random())
+    b = augment(small_cycles.waves[0], small_cycles.bounds[0], aug, np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # prob_other_cycle = 1: view 2 comes from another cycle of the same recording
+    aug = _aug(prob_other_cycle=1.0)
+    ds = ContrastiveCycleDataset(small_cycles, aug, seed=0)
+    rid = small_cycles.table["recording_id"].to_numpy()
+    for i in range(0, len(small_cycles), 7):
+        (w1, _, _), (w2, _, _) = ds.views(i)
+        assert np.array_equal(w1, small_cycles.waves[i])
+        j = [k for k in range(len(small_cycles)) if np.array_equal(small_cycles.waves[k], w2)]
+        assert j and j[0] != i and rid[j[0]] == rid[i]

@@ -87,3 +87,30 @@ def test_segmentation_f1_on_circor(shared_data, capsys):
     out = capsys.readouterr().out
     s1 = float(out.split("S1: precision")[1].split("F1")[1].split()[0])
     assert s1 >= mod.S1_F1_TARGET_REACHED
+
+
+def test_trained_emission_model_decodes_held_out_synthetic():
+    """EmissionModel (Springer-style logistic regression on frame envelopes) trained on synthetic recordings
+    finds the states of another synthetic recording; segment_states decodes with it."""
+    from pahcl.config import DataConfig
+    from pahcl.data.preprocess import preprocess_signal
+    from pahcl.data.readers import read_recordings
+    from pahcl.data.segmentation import segment_states
+    from pahcl.data.springer import EmissionModel, frame_features, frame_labels, training_frames
+
+    cfg = DataConfig()
+    recs = read_recordings("synthetic:6")
+    xs = [preprocess_signal(r.signal, r.sample_rate, cfg) for r in recs]
+    model = EmissionModel().fit([training_frames(x, cfg.sample_rate, r.annotations) for x, r in zip(xs[:5], recs[:5])])
+    f = frame_features(xs[5], cfg.sample_rate)
+    y = frame_labels(recs[5].annotations, len(f))
+    pred = model.log_emissions(f).argmax(1)
+    assert f.shape[1] == 11 and (pred[y >= 0] == y[y >= 0]).mean() > 0.6  # 4 states: chance ~0.25-0.4
+    segs = segment_states(xs[5], cfg.sample_rate, emission_model=model)
+    s1 = np.array([(a + b) / 2 / cfg.sample_rate for a, b, s in segs if s == 1])
+    ref = recs[5].annotations[recs[5].annotations[:, 2] == 1]
+    ref_c = (ref[:, 0] + ref[:, 1]) / 2
+    hits = sum(np.min(np.abs(s1 - c)) <= 0.06 for c in ref_c)
+    assert hits >= 0.8 * len(ref_c)
+    with pytest.raises(ValueError, match="all 4 states"):
+        EmissionModel().fit([(f[:5], np.zeros(5, dtype=np.int64))])

@@ -153,3 +153,24 @@ def test_state_dict_round_trip():
         oa, ob = a(*batch), b(*batch)
     for k in oa:
         torch.testing.assert_close(oa[k], ob[k])
+
+
+def test_cycle_pooling_averages_the_cycles_own_tokens():
+    """model.embed_pool: cycle averages the tokens from the S1 onset to the next S1 onset (ceil), not the
+    window's zero padding after it; without bounds (or with window pooling, the default) all tokens."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, L)
+    x[:, :, 400:] = 0.0
+    b = torch.tensor([[0, 90, 250, 330, 400], [16, 90, 250, 330, 401]])  # stride 16: tokens [0, 25) and [1, 26)
+    cyc = PAHCL(_cfg(embed_pool="cycle").model).eval()
+    win = PAHCL(_cfg().model).eval()
+    win.load_state_dict(cyc.state_dict())
+    with torch.no_grad():
+        h = cyc.encoder(x)  # 2×40×D
+        torch.testing.assert_close(cyc.embed(x, b), torch.stack([h[0, :25].mean(0), h[1, 1:26].mean(0)]))
+        torch.testing.assert_close(win.embed(x, b), h.mean(1))
+        torch.testing.assert_close(cyc.embed(x), h.mean(1))
+        out = cyc(x, b, x, b)
+        q = torch.nn.functional.normalize(cyc.projector(cyc.embed(x, b)), dim=-1)
+    torch.testing.assert_close(out["q"], q)
+    torch.testing.assert_close(out["k"], q)  # fresh model: key encoder = query encoder

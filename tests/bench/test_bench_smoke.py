@@ -1,0 +1,51 @@
+"""The --smoke-test of bench/encoder_table.py and bench/preprocess_throughput.py run end to end (real Trainer,
+real preprocessing) and write the JSON that bench/run_all.py renders."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, out: Path) -> dict:
+    p = subprocess.run([sys.executable, f"bench/{script}", "--smoke-test", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=900, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_encoder_table_smoke(tmp_path):
+    j = _run("encoder_table.py", tmp_path / "t.json")
+    feats = {(c["direction"], c["features"], c["protocol"]) for c in j["summary"]}
+    for d in ("0-1:2-9", "2-9:0-1"):
+        for f in ("pretrained", "projector", "random_init", "logspec", "pcg"):
+            assert {(d, f, "knn"), (d, f, "linear")} <= feats
+    for c in j["summary"]:
+        assert 0 <= c["cv"]["mean"] <= 1 and 0 <= c["test"]["mean"] <= 1 and c["cv"]["n"] == 1
+    runs = [r for r in j["runs"] if r["seed"] is not None]
+    assert len(runs) == 2 and all(len(r["history"]) == 1 and not r["reused"] for r in runs)
+    assert "| 0-1 → 2-9 | pretrained encoder | 1 |" in j["markdown"]
+
+
+def test_preprocess_throughput_smoke(tmp_path):
+    j = _run("preprocess_throughput.py", tmp_path / "p.json")
+    assert [r["workers"] for r in j["rows"]] == [1, 2]
+    assert all(r["recordings"] == 4 and r["recordings_per_s"] > 0 for r in j["rows"])
+    assert set(j["full_sets"]) == {"CirCor (5,272)", "PhysioNet 2016 (3,240)"}
+    assert "PhysioNet 2016 (3,240): min (extrapolated)" in j["markdown"]
+
+
+def test_preprocess_extrapolation_uses_the_matching_rate():
+    """CirCor at circor_tiny's rate per audio second, PhysioNet 2016 at the auto-segmented (Yaseen) rate, both
+    for circor_tiny's mean recording duration."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from preprocess_throughput import summarise
+
+    runs = [{"spec": "circor:c", "workers": 1, "wall_s": 1.0, "recordings_per_s": 10.0, "audio_s_per_s": 200.0,
+             "recordings": 10, "audio_s": 200.0},
+            {"spec": "yaseen:y", "workers": 1, "wall_s": 10.0, "recordings_per_s": 40.0, "audio_s_per_s": 20.0,
+             "recordings": 400, "audio_s": 1000.0}]
+    rows, md = summarise(runs, ["circor:c", "yaseen:y"], [1])
+    assert rows[0]["full_sets_min"] == {"CirCor (5,272)": 5272 * 20.0 / 200.0 / 60}
+    assert rows[1]["full_sets_min"] == {"PhysioNet 2016 (3,240)": 3240 * 20.0 / 20.0 / 60}
