@@ -72,7 +72,9 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from pahcl.config import ConfigError
     from pahcl.data.readers import DataSpecError, NoUsableRecordingsError
 
-    return (ConfigError, DataSpecError, NoUsableRecordingsError)
+    from tune.gpu import GpuUnavailableError
+
+    return (ConfigError, DataSpecError, NoUsableRecordingsError, GpuUnavailableError)
 
 
 DETERMINISTIC_ERRORS = _deterministic_errors()  # user errors: retrying cannot fix them
@@ -180,7 +182,6 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     trial_dir = _storage_trial_dir()
     from tune.gpu import place_trial
 
-    placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
     injector = FaultInjector(faults, trial_id, str(trial_dir) if trial_dir else None) if faults else None
     nonretry = trial_dir / NONRETRYABLE if trial_dir else None
     if nonretry is not None and nonretry.exists():  # Ray retried a deterministic failure: fail fast, same reason
@@ -189,7 +190,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             injector.event("trial_start", resumed_from_epoch=None, refused=reason)
         raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
     ov = trial_overrides(config, consts)
-    try:  # a bad config or data spec fails the same way on every retry: fail once, do not retry
+    try:  # no GPU where one was assigned, a bad config or data spec: the same on every retry, fail once
+        placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
         cfg = build_config(consts["base_tree"], ov)
         # Data: loaded once per trial, cached under the run directory (absolute paths: trials do not run in
         # cwd). The split uses the search's base seed so --seeds repeats differ in training only.

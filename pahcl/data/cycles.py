@@ -281,12 +281,12 @@ def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] 
     data. Raises DataSpecError / NoUsableRecordingsError.
     """
     s = parse_spec(spec) if isinstance(spec, str) else spec
-    cs = _load_cycles(s, data_cfg, cache_dir, log)
+    cs = _load_cycles(s, data_cfg, cache_dir, log, workers)
     cs.info.update(spec=absolute_spec(s), fingerprint=cache_key(s, data_cfg)[0])
     return cs
 
 
-def _load_cycles(s: DataSpec, data_cfg, cache_dir, log) -> CycleSet:
+def _load_cycles(s: DataSpec, data_cfg, cache_dir, log, workers: int) -> CycleSet:
     if cache_dir is None:
         cs = build_cycles(s, data_cfg, log, workers)
         cs.info["cache"] = "off"
