@@ -63,7 +63,7 @@ def descendants(roots) -> set[int]:
     return found
 
 
-def wait_for_health(base: str, proc, timeout: float = 90.0) -> None:
+def wait_for_health(base: str, proc, timeout: float = 240.0) -> None:
     """Poll ``base``/health until it answers 200; RuntimeError if ``proc`` exits or time runs out."""
     deadline = time.time() + timeout
     while True:
