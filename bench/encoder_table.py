@@ -43,7 +43,8 @@ from _common import command, loadavg, machine, md_table, now_utc, spread, write_
 
 PROTOCOLS = ("knn", "linear")
 BASELINES = ("logspec", "pcg")
-NAMES = {"pretrained": "pretrained encoder", "random_init": "random-init encoder", "projector": "pretrained, projector output", "logspec": "logspec baseline",
+NAMES = {"pretrained": "pretrained encoder", "random_init": "random-init encoder",
+         "projector": "pretrained, projector output", "logspec": "logspec baseline",
          "pcg": "pcg baseline (hand-made)"}
 
 

@@ -451,7 +451,10 @@ def sec_encoder_table(j: dict | None) -> str:
             "recording level (mean of cycle scores). *test*: fit on the training side, score the test side; *cv*: "
             "5-fold cross-validation inside the training side (grouped by recording, stratified by class), the "
             "number pretraining changes are decided by. Mean ± std over seeds (one value when one run). The "
-            "baselines learn nothing, so they have one row per direction. Discussion: docs/training.md.\n\n"
+            "baselines learn nothing, so they have one row per direction. Discussion: docs/training.md."
+            + (" The encoders were trained by an earlier invocation of the same command and their checkpoints "
+               "reused (`reused` in the JSON): the wall time above is scoring only."
+               if any(r.get("reused") for r in j["runs"]) else "") + "\n\n"
             + _md(j["markdown"]) + "\n")
 
 

@@ -144,7 +144,8 @@ def _processed(recordings, data_cfg, workers: int, progress: Callable[[int], Non
         pending: deque = deque()
         done = 0
         for rec in recordings:
-            pending.append((dataclasses.replace(rec, signal=np.zeros(0, np.float32)), ex.submit(_recording_windows, rec, data_cfg)))
+            light = dataclasses.replace(rec, signal=np.zeros(0, np.float32))  # the table needs no samples
+            pending.append((light, ex.submit(_recording_windows, rec, data_cfg)))
             while len(pending) > 4 * workers:
                 r, f = pending.popleft()
                 done += 1
