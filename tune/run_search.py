@@ -315,17 +315,25 @@ def _check_inherited_data(space, provenance: dict, allow: bool) -> None:
     _log(f"[inherit] WARNING: {msg}; inherited anyway (--inherit-anyway)")
 
 
-def _open_tracking(args, results_dir: Path) -> tuple[str, str]:
-    """The tracking URI, checked and reachable, and the experiment id: before any data is prepared."""
-    from tune.mlflow_utils import ensure_experiment, resolve_tracking_uri
+def _check_tracking(args, results_dir: Path) -> str:
+    """The tracking URI, checked and (for a server) reachable: before Ray and any data preparation. Nothing
+    is created yet (the local store is made once the search has passed every check)."""
+    from tune.mlflow_utils import resolve_tracking_uri
 
     try:
         uri = resolve_tracking_uri(args.mlflow_uri, results_dir)
     except ValueError as e:
         raise SearchSetupError(f"{e} (set by --mlflow-uri or MLFLOW_TRACKING_URI)") from None
     _check_reachable(uri)
+    return uri
+
+
+def _open_experiment(uri: str, results_dir: Path) -> str:
+    """The experiment id (store and experiment created once, in the driver, before any trial)."""
+    from tune.mlflow_utils import ensure_experiment
+
     try:
-        return uri, ensure_experiment(uri, results_dir)
+        return ensure_experiment(uri, results_dir)
     except Exception as e:  # noqa: BLE001 - any store error is the user's URI or server
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise SearchSetupError(f"--mlflow-uri / MLFLOW_TRACKING_URI {uri!r}: the tracking store refused the "
@@ -532,7 +540,7 @@ def main(argv=None) -> dict[str, Any]:
         if not any(n in m for m in said):
             _log(f"[space] note: {n}")
     if meta is None:
-        uri, exp_id = _open_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
+        uri = _check_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
     _fit_cpus_to_machine(space, args)
     started_ray = _init_ray(args)  # before any output: a cluster that cannot run a trial is refused first
     if _FORWARD_SIGTERM:
@@ -575,6 +583,7 @@ def main(argv=None) -> dict[str, Any]:
                   "metric": space.metric, "mode": space.mode, "sampler_seed": space.seed,
                   **{f"space.{k}": d.describe() for k, d in space.params.items()},
                   **{f"fixed.{k}": v for k, v in space.fixed.items()}}
+        exp_id = _open_experiment(uri, results_dir)  # every check passed: now the store may be created
         parent = create_parent_run(uri, exp_id, search_id, tags, params)
         _OPEN_PARENT.update(uri=uri, run_id=parent)
         save_trials_view(uri, exp_id, space.metric, space.mode, list(space.params))

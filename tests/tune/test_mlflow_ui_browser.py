@@ -114,7 +114,7 @@ def test_printed_urls_open_the_trials_in_a_real_browser(ray_session, space_file,
                 index = page.locator('[role="row"]', has_text=name).first.get_attribute("row-index")
                 cells = page.locator(f'[role="row"][row-index="{index}"]')
                 text = " ".join(cells.nth(i).inner_text() for i in range(cells.count()))
-                shown = [float(x) for x in re.findall(r"\d+\.\d+", text)]
+                shown = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", text)]  # 0.0 is shown as "0"
                 assert any(abs(x - value) < 1e-6 for x in shown), (name, value, text)
             assert page.get_by_text("No data available").count() == 0  # not the GenAI traces overview
 

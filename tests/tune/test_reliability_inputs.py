@@ -119,14 +119,16 @@ def test_space_file_alias_bomb_and_huge_file_exit_2_one_line(tmp_path, capsys):
 def test_synthetic_cpu_message_says_what_runs(tmp_path):
     """Issue 15 item 8: `--data yaseen:... --budget synthetic_cpu` announced "No --data and no CUDA device:
     synthetic default data (yaseen:...)"."""
+    from pahcl.data.readers import absolute_spec
     from tune.run_search import parse_args, synthetic_cpu_message
     from tune.spaces import load_space
 
+    yaseen = absolute_spec("yaseen:../shared/data/yaseen2018")  # specs are resolved once, in load_space
     for argv, starts, timing in (
             ([], "[search] No --data and no CUDA device: synthetic default data (synthetic:40) with", True),
             (["--budget", "synthetic_cpu"], "[search] --budget synthetic_cpu: data (synthetic:40) with", True),
             (["--data", "yaseen:../shared/data/yaseen2018", "--budget", "synthetic_cpu"],
-             "[search] --budget synthetic_cpu with --data: data (yaseen:../shared/data/yaseen2018) with", False)):
+             f"[search] --budget synthetic_cpu with --data: data ({yaseen}) with", False)):
         args = parse_args(["--space", "moco_stage2", *argv])
         space = load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu",
                            cli={"data": args.data}, log=lambda m: None)
