@@ -9,14 +9,11 @@ import pytest
 import torch
 
 import pahcl.train as T
-from pahcl.config import load_config
+from test_train import tiny as _loop_tiny  # the pretrain-loop tests' tiny config (tests/pahcl/test_train.py)
 
 
 def tiny(**over):
-    base = {"training.device": "cpu", "training.max_steps_per_epoch": 2, "training.num_epochs": 1,
-            "training.warmup_epochs": 1, "data.sample_rate": 2000, "model.queue_size": 32}
-    base.update(over)
-    return load_config(preset="tiny", overrides=base)
+    return _loop_tiny(**{"training.num_epochs": 1, **over})  # one epoch is enough here
 
 
 @pytest.fixture(scope="module")
