@@ -282,18 +282,18 @@ def load_cycles(spec: str, data_cfg, cache_dir=None, log: Callable[[str], None] 
     data. Raises DataSpecError / NoUsableRecordingsError.
     """
     s = parse_spec(spec) if isinstance(spec, str) else spec
-    cs = _load_cycles(s, data_cfg, cache_dir, log, workers)
-    cs.info.update(spec=absolute_spec(s), fingerprint=cache_key(s, data_cfg)[0])
+    key, inputs = cache_key(s, data_cfg)  # stats every input file: once per load
+    cs = _load_cycles(s, data_cfg, cache_dir, log, workers, key, inputs)
+    cs.info.update(spec=absolute_spec(s), fingerprint=key)
     return cs
 
 
-def _load_cycles(s: DataSpec, data_cfg, cache_dir, log, workers: int) -> CycleSet:
+def _load_cycles(s: DataSpec, data_cfg, cache_dir, log, workers: int, key: str, inputs: dict) -> CycleSet:
     if cache_dir is None:
         cs = build_cycles(s, data_cfg, log, workers)
         cs.info["cache"] = "off"
         return cs
     root = Path(cache_dir)
-    key, inputs = cache_key(s, data_cfg)
     final = root / f"cycles-{key[:20]}"
     if (final / "info.json").exists():
         cs = _read(final)
