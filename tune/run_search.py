@@ -834,6 +834,9 @@ def cli(argv=None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"tune\.spaces")
     _FORWARD_SIGTERM = True
     _sigterm_as_ctrl_c()
+    # per-invocation state: a previous cli() call in this process (tests, notebooks) must not leak into this one
+    _OPEN_PARENT.clear()
+    _MADE_DIRS.clear()
     try:
         res = main(argv)
     except (ConfigError, DataSpecError, NoUsableRecordingsError) as e:  # SpaceError included
@@ -849,6 +852,8 @@ def cli(argv=None) -> int:
     except BaseException as e:
         _end_open_parent("FAILED", f"{type(e).__name__}: {e}")
         raise
+    finally:
+        _OPEN_PARENT.clear()
     return int(res.get("exit_code", 0))
 
 

@@ -89,3 +89,19 @@ def test_hardware_the_machine_lacks(tmp_path, space_file, setting, needle):
     space = space_file(fixed={**BASE_SPACE["fixed"], **fixed})
     p, _ = _run(["--space", str(space), "--results-dir", str(tmp_path / "r")], tmp_path)
     assert p.returncode == 2 and needle in _one_error_line(p)
+
+
+def test_cli_state_does_not_leak_between_calls_in_one_process(tmp_path, capsys):
+    """cli() called twice in one process (tests, notebooks): the parent run the first call opened is not
+    ended again by the second call's error path (the CI failure of stop 10: a stale run on a stopped server)."""
+    from tune import run_search
+
+    run_search._OPEN_PARENT.update(uri="http://127.0.0.1:9", run_id="0" * 32)  # what an earlier call left
+    run_search._MADE_DIRS.append(tmp_path / "earlier")
+    (tmp_path / "earlier").mkdir()
+    rc = run_search.cli(["--space", "moco_stage2", "--smoke-test", "--data", "nosuchkind:x",
+                         "--results-dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "unknown kind" in err, err
+    assert (tmp_path / "earlier").is_dir()  # not this call's folder: kept
+    assert run_search._OPEN_PARENT == {}
