@@ -59,7 +59,11 @@ class DataConfig:
     num_substructures: int = _f(4, choices=[4], help="S1, systole, S2, diastole")
     bandpass_low: float = _f(25.0, lo=0.0, lo_open=True, hi=1000.0)
     bandpass_high: float = _f(400.0, lo=0.0, lo_open=True, hi=2400.0)
-    val_fraction: float = _f(0.2, lo=0.0, lo_open=True, hi=1.0, hi_open=True)
+    val_fraction: float = _f(0.2, lo=0.0, lo_open=True, hi=1.0, hi_open=True,
+                             help="share of the groups (left after the test split) that validate")
+    test_fraction: float = _f(0.0, lo=0.0, hi=1.0, hi_open=True,
+                              help="share of the groups held out as test (0 = none); never seen by training, "
+                                   "validation or a search's ranking")
     max_cycles_per_recording: int = _f(0, lo=0, help="0 = keep all")
     max_heart_rate_bpm: float = _f(200.0, lo=40.0, hi=300.0,
                                    help="automatic segmentation: highest heart rate the period search admits "

@@ -181,14 +181,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def prepare_data(cfg: Config, spec: str = "synthetic", cache_dir: str | os.PathLike | None = None, log: Callable = print):
-    """``load_cycles(spec, cfg.data, cache_dir)`` then ``split_by_group(..., cfg.data.val_fraction, cfg.seed)``
-    -> (train CycleSet, val CycleSet). No recording's cycles land on both sides."""
-    from pahcl.data import load_cycles, split_by_group
+def prepare_data(cfg: Config, spec: str = "synthetic", cache_dir: str | os.PathLike | None = None, log: Callable = print,
+                 with_test: bool = False):
+    """``load_cycles(spec, cfg.data, cache_dir)`` then ``split_train_val_test(..., cfg.data.val_fraction,
+    cfg.data.test_fraction, cfg.seed)`` -> (train CycleSet, val CycleSet), plus the test CycleSet when
+    ``with_test``. No recording's cycles land on two sides; training and validation never see the test side."""
+    from pahcl.data import load_cycles, split_train_val_test
 
     cycles = load_cycles(spec, cfg.data, cache_dir=cache_dir, log=log)
-    tr, va = split_by_group(cycles, cfg.data.val_fraction, cfg.seed)
-    return cycles.subset(tr), cycles.subset(va)
+    tr, va, te = split_train_val_test(cycles, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    out = (cycles.subset(tr), cycles.subset(va))
+    return out + (cycles.subset(te),) if with_test else out
 
 
 def _rng_state() -> dict[str, Any]:

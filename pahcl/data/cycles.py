@@ -237,7 +237,8 @@ def describe(cs: CycleSet) -> str:
 def cache_key(spec: DataSpec, data_cfg) -> tuple[str, dict]:
     """(hex key, the JSON-able inputs it hashes)."""
     cfg = dataclasses.asdict(data_cfg) if dataclasses.is_dataclass(data_cfg) else dict(vars(data_cfg))
-    cfg.pop("val_fraction", None)
+    cfg.pop("val_fraction", None)  # splitting does not change the cycles
+    cfg.pop("test_fraction", None)
     inputs = {
         "code_version": CODE_VERSION,
         "spec": absolute_spec(spec),  # circor:../x and circor:/abs/x are one cache entry
@@ -393,6 +394,30 @@ def split_by_group(cycles: CycleSet, val_fraction: float, seed: int,
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
 
 
+def split_train_val_test(cycles: CycleSet, val_fraction: float, test_fraction: float, seed: int,
+                         log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train_idx, val_idx, test_idx) int64, sorted; whole groups on one side, deterministic by ``seed``.
+
+    ``test_fraction`` 0: no test split, exactly ``split_by_group(cycles, val_fraction, seed)`` (test empty).
+    Else the test groups are drawn first (``split_by_group`` with ``test_fraction`` of all groups), then the
+    validation groups from the rest (``val_fraction`` of the groups left). A search and ASHA see train and
+    validation only; the test groups are read by the confirmation runs and by ``pahcl.evaluate``.
+    """
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction: {test_fraction!r} is out of range; allowed: [0, 1)")
+    if float(test_fraction) == 0.0:
+        tr, va = split_by_group(cycles, val_fraction, seed, log=log)
+        return tr, va, np.zeros(0, dtype=np.int64)
+    n_groups = cycles.table["group"].nunique()
+    if n_groups < 3:
+        raise ValueError(f"split_train_val_test: {n_groups} group(s); train, validation and test need at least 3 "
+                         "groups (patients / recordings); use more data or data.test_fraction=0")
+    rest, te = split_by_group(cycles, test_fraction, seed, log=log)
+    rest = rest[np.argsort(rest)]
+    tr_r, va_r = split_by_group(cycles.subset(rest), val_fraction, seed, log=log)
+    return np.sort(rest[tr_r]).astype(np.int64), np.sort(rest[va_r]).astype(np.int64), np.sort(te).astype(np.int64)
+
+
 def unseen_classes_message(unseen: list[str], val_labels: np.ndarray) -> str:
     """One line naming the validation labels that have no training group."""
     n = int(np.isin(val_labels, unseen).sum())
@@ -402,4 +427,4 @@ def unseen_classes_message(unseen: list[str], val_labels: np.ndarray) -> str:
 
 
 __all__ = ["CODE_VERSION", "CycleSet", "build_cycles", "cache_key", "cycle_window", "describe", "load_cycles",
-           "recording_cycles", "split_by_group", "unseen_classes_message"]
+           "recording_cycles", "split_by_group", "split_train_val_test", "unseen_classes_message"]

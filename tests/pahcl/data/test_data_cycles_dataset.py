@@ -85,6 +85,38 @@ def test_split_by_group(small_cycles):
     assert len(set(g[tr])) == 1
 
 
+def test_split_train_val_test(data_cfg):
+    from pahcl.data import load_cycles, split_train_val_test
+
+    cs = load_cycles("synthetic:40", data_cfg, cache_dir=None, log=None)
+    g = cs.table["group"].to_numpy()
+    tr, va, te = split_train_val_test(cs, 0.25, 0.25, seed=3, log=lambda m: None)
+    # three disjoint sets of whole groups covering every cycle
+    assert not (set(g[tr]) & set(g[va])) and not (set(g[tr]) & set(g[te])) and not (set(g[va]) & set(g[te]))
+    assert np.array_equal(np.sort(np.r_[tr, va, te]), np.arange(len(cs)))
+    n = cs.table["group"].nunique()
+    assert len(set(g[te])) == round(0.25 * n) and len(set(g[va])) == round(0.25 * (n - len(set(g[te]))))
+    again = split_train_val_test(cs, 0.25, 0.25, seed=3, log=lambda m: None)
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))  # deterministic by seed
+    others = [split_train_val_test(cs, 0.25, 0.25, seed=s, log=lambda m: None)[2] for s in range(4, 8)]
+    assert any(not np.array_equal(te, o) for o in others)  # the seed chooses the test groups
+    # test_fraction 0: exactly the two-way split, test empty
+    tr0, va0, te0 = split_train_val_test(cs, 0.25, 0.0, seed=3, log=lambda m: None)
+    ref = split_by_group(cs, 0.25, 3, log=lambda m: None)
+    assert np.array_equal(tr0, ref[0]) and np.array_equal(va0, ref[1]) and len(te0) == 0
+
+
+def test_prepare_data_keeps_the_test_side_out(data_cfg):
+    from pahcl.config import load_config
+    from pahcl.train import prepare_data
+
+    cfg = load_config(preset="tiny", overrides={"data.test_fraction": 0.25})
+    tr, va, te = prepare_data(cfg, "synthetic:40", log=lambda m: None, with_test=True)
+    assert len(te) and not set(te.table["recording_id"]) & (set(tr.table["recording_id"]) | set(va.table["recording_id"]))
+    tr2, va2 = prepare_data(cfg, "synthetic:40", log=lambda m: None)
+    assert tr2.table["recording_id"].tolist() == tr.table["recording_id"].tolist() and len(va2) == len(va)
+
+
 def test_split_one_group_errors(small_cycles):
     one = small_cycles.subset(np.flatnonzero(small_cycles.table["group"] == small_cycles.table["group"][0]))
     with pytest.raises(ValueError, match="at least 2 groups"):
