@@ -54,6 +54,7 @@ __all__ = [
     "recording_level",
     "recording_numbers",
     "split_by_index",
+    "test_metrics",
     "validation_metrics",
     "evaluate_features",
     "main",
@@ -364,6 +365,28 @@ def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log
         f1 = extract_features(model, x1[:, 0] if x1.ndim == 3 else x1, bs, device)
         f2 = extract_features(model, x2[:, 0] if x2.ndim == 3 else x2, bs, device)
         out["val/align"], out["val/uniform"] = align_uniform(f1, f2)
+    return out
+
+
+def test_metrics(model, bank_sides: Sequence, test, cfg, device="cpu", seed: int = 0) -> dict[str, float]:
+    """Held-out test scores of a trained model: recording-level kNN (``evaluation.knn_k`` /
+    ``knn_temperature``) and linear probe (C chosen by grouped 5-fold cross-validation on the bank) of frozen
+    encoder features; the bank is every non-test side (``bank_sides``: train and validation CycleSets).
+    -> ``test/knn_acc``, ``test/knn_bal_acc``, ``test/linear_acc``, ``test/linear_bal_acc``, ``test/recordings``."""
+    bs = cfg.evaluation.batch_size
+    f_bank = np.concatenate([extract_features(model, c, bs, device) for c in bank_sides])
+    f_test = extract_features(model, test, bs, device)
+    y_bank = [v for c in bank_sides for v in c.table["label"].tolist()]
+    r_bank = [v for c in bank_sides for v in c.table["recording_id"].tolist()]
+    y_test, r_test = test.table["label"].tolist(), test.table["recording_id"].tolist()
+    out: dict[str, float] = {}
+    for protocol in ("knn", "linear"):
+        m = evaluate_features(f_bank, y_bank, f_test, y_test, protocol, "recording", rec_test=r_test,
+                              k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature, seed=seed,
+                              rec_train=r_bank)
+        out[f"test/{protocol}_acc"] = float(m["accuracy"])
+        out[f"test/{protocol}_bal_acc"] = float(m["balanced_accuracy"])
+    out["test/recordings"] = float(len(set(r_test)))
     return out
 
 

@@ -108,6 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "queue larger than the training set or trials shorter than 1/(1-m) steps (tune/guard.py)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its latest "
                    "checkpoint (Ray FailureConfig.max_failures; NaN loss / repeated OOM are never retried)")
+    p.add_argument("--confirm-top", type=int, default=None, metavar="K", help="after the search, retrain the top K "
+                   "configurations and the baseline with fresh seeds and score them on the test split (default: "
+                   "the space's confirm.top; docs/search.md)")
+    p.add_argument("--confirm-seeds", type=int, default=None, metavar="S", help="fresh seeds per confirmed "
+                   "configuration (default: the space's confirm.seeds)")
+    p.add_argument("--no-confirm", dest="confirm_top", action="store_const", const=0, help="no confirmation runs "
+                   "(the test split is still held out, so the search itself is the same)")
     a = p.parse_args(argv)
     a.given = set(vars(p.parse_args(argv, namespace=_GivenOnly())))  # the options the command line gave
     if a.seeds < 1:
@@ -144,7 +151,8 @@ def choose_budget(args) -> str | None:
 SYNTHETIC_CPU_TIME = "Takes about 1-2 minutes on an idle 2-core CPU (62-103 s measured), 6 minutes on a busy one"
 
 # --resume continues with what the search started with; these options would be ignored, so they are refused
-RESUME_FIXED = ("data", "num_samples", "max_epochs", "seeds", "preset", "cpus_per_trial", "gpus_per_trial")
+RESUME_FIXED = ("data", "num_samples", "max_epochs", "seeds", "preset", "cpus_per_trial", "gpus_per_trial",
+                "confirm_top", "confirm_seeds")
 
 
 def _comparable(opt: str, value):
@@ -513,7 +521,7 @@ def main(argv=None) -> dict[str, Any]:
         budget = choose_budget(args)
         cli = {"num_samples": args.num_samples, "max_epochs": args.max_epochs, "data": args.data,
                "preset": args.preset, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-               "seeds": args.seeds}
+               "seeds": args.seeds, "confirm_top": args.confirm_top, "confirm_seeds": args.confirm_seeds}
     said: list[str] = []  # what load_space logged: its notes repeat its warnings
     space = load_space(args.space, results_root=results_dir, budget=budget,
                        cli={k: v for k, v in cli.items() if k != "seeds"}, log=lambda m: (said.append(m), _log(m)),
@@ -565,7 +573,10 @@ def main(argv=None) -> dict[str, Any]:
 
         cfg0 = build_config(space.base_tree(), space.trial_overrides({k: d.candidates()[0] for k, d in space.params.items()}))
         tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
-        _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles (cache {cache_dir})")
+        n_test = len(prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None, with_test=True)[2]) \
+            if space.test_fraction else 0
+        _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles"
+             + (f" / {n_test} test cycles held out for the confirmation" if n_test else "") + f" (cache {cache_dir})")
         _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
         provenance = _provenance(space, budget, tr.info.get("fingerprint", ""))
         _check_inherited_data(space, provenance, args.inherit_anyway)
@@ -756,10 +767,14 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
              f"params {s['best']['params']}")
         _log(f"wrote {stage_dir / 'results.csv'}, {stage_dir / 'configs.csv'}, {stage_dir / 'best_config.yaml'}, "
              f"{stage_dir / 'summary.json'}, plots: {', '.join(p.name for p in plots)}")
+    verdict = None
+    if space.confirm_top > 0 and "summary" in out:
+        out, verdict = _confirm(rows, out, space, meta, stage_dir, state_dir, args)
+        wall = time.time() - t_start
     try:
         if mlflow_down is not None:
             raise mlflow_down
-        _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots)
+        _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots, verdict)
     except Exception as e:  # noqa: BLE001
         _log(f"[mlflow] WARNING: tracking store unreachable at the end of the search ({type(e).__name__}: "
              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the parent run was not updated. Results are in "
@@ -792,7 +807,34 @@ def _fail_search(client, uri, exp_id, parent, rows, reason, stage_dir, state_dir
             "stage_dir": stage_dir, "exit_code": 1}
 
 
-def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots) -> None:
+def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, str]:
+    """The confirmation runs (tune/confirm.py): table in the terminal, summary.json and best_config.yaml."""
+    from tune import confirm
+    from tune.resources import TrialResources
+    from tune.summary import write_confirmation
+
+    r = meta["resources"]
+    cands = confirm.candidates(rows, out["agg"], out["df"], space, space.confirm_top)
+    grid = confirm.run(space, meta["consts"], TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"]), meta["mlflow"],
+                       stage_dir / "ray", meta["search_id"], cands, space.confirm_seeds, _log,
+                       max_failures=args.max_failures)
+    table = confirm.table(confirm.scores(grid), cands)
+    winner, verdict = confirm.verdict(table)
+    _log(f"\n== confirmation: {len(cands)} configurations x {space.confirm_seeds} fresh seeds, {space.max_epochs} epochs, "
+         f"test split ({space.test_fraction:g} of the groups, never seen by the search); recording level, "
+         f"mean ± std; * = winner ==\n" + confirm.format_table(table, winner) + f"\nverdict: {verdict}")
+    params = next((c["params"] for c in cands if c["label"] == winner), None)
+    conf = {"metric": confirm.CONFIRM_METRIC, "seeds": space.confirm_seeds, "top": space.confirm_top,
+            "test_fraction": space.test_fraction, "baseline": space.baseline_params(), "winner": winner,
+            "verdict": verdict, "table": confirm.json_safe(table)}
+    summary = write_confirmation([stage_dir, state_dir], space, meta["consts"]["base_tree"], out["summary"], conf,
+                                 params)
+    if params is not None:
+        _log(f"best_config.yaml: the confirmation winner {winner} {params}")
+    return {**out, "summary": summary}, verdict
+
+
+def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, plots, verdict=None) -> None:
     from tune.mlflow_utils import end_run
 
     if "summary" in out:
@@ -811,7 +853,16 @@ def _log_parent_results(client, uri, parent, out, space, df, wall, stage_dir, pl
         client.log_artifact(parent, str(p), artifact_path="plots")
     from tune.mlflow_utils import describe_search
 
-    describe_search(uri, parent, space.metric, space.mode, df, [p.name for p in plots])
+    conf = out.get("summary", {}).get("confirmation")
+    if conf:
+        client.set_tag(parent, "pahcl.verdict", conf["verdict"][:4900])
+        client.set_tag(parent, "pahcl.confirm_winner", conf["winner"])
+        for row in conf["table"]:
+            name = row["candidate"].replace("=", "_")
+            for k in ("test/knn_acc", "test/linear_acc"):
+                if row[f"{k} mean"] is not None:
+                    client.log_metric(parent, f"confirm/{name}/{k.split('/')[-1]}_mean", float(row[f"{k} mean"]))
+    describe_search(uri, parent, space.metric, space.mode, df, [p.name for p in plots], verdict=verdict)
     client.set_tag(parent, "pahcl.state", "finished")
     end_run(uri, parent, "FINISHED")
 

@@ -64,7 +64,11 @@ TOP_KEYS = {
     "inherit": "mapping: from (stage name), params (list of dotted keys), defaults (mapping)",
     "budgets": "mapping of budget name (synthetic_cpu, smoke, ...) to partial overrides of this file",
     "guard": "refuse | warn: what the pre-Ray guard (tune/guard.py) does with a degenerate search",
+    "confirm": "mapping: top (K configurations retrained after the search, 0 = none), seeds (S fresh seeds "
+               "each), test_fraction (groups held out from the search as the test split)",
 }
+# After the search: the top K configurations and the baseline, S fresh seeds each, scored on the test split.
+CONFIRM_DEFAULTS = {"top": 2, "seeds": 3, "test_fraction": 0.2}
 DIST_KEYS = {
     "categorical": {"type", "choices", "around", "multipliers"},
     "float": {"type", "low", "high", "log", "around", "factor"},
@@ -76,6 +80,7 @@ SECTION_KEYS = {
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "derived": {"effective_batch_size"},
     "inherit": {"from", "params", "defaults"},
+    "confirm": set(CONFIRM_DEFAULTS),
 }
 
 
@@ -148,6 +153,9 @@ class Space:
     inherited_provenance: dict | None = None  # budget, preset, data, data_fingerprint of the inherited search
     budget: str | None = None
     notes: list[str] = field(default_factory=list)
+    confirm_top: int = 0  # configurations retrained on the test split after the search (0 = no confirmation)
+    confirm_seeds: int = 1
+    test_fraction: float = 0.0  # groups held out as test: the search and ASHA never see them
 
     def base_tree(self) -> dict:
         """Base YAML merged with the preset (not validated; trials add their overrides)."""
@@ -168,6 +176,17 @@ class Space:
                 bs = _get_dotted(self.base_tree(), "training.batch_size")
             ov["training.gradient_accumulation_steps"] = derive_accumulation(int(bs), self.effective_batch_size)
         return ov
+
+    def baseline_params(self) -> dict[str, Any]:
+        """The stage's baseline configuration as sampled values: for each searched key the inherited value,
+        else the recommended default, else the base config's, moved to the nearest value the space allows
+        (a CPU budget's warmup choices [1, 2] turn the recommended 20 into 2)."""
+        tree = self.base_tree()
+        out = {}
+        for k, d in self.params.items():
+            v = self.inherited.get(k, RECOMMENDED_DEFAULTS.get(k, _get_dotted(tree, k)))
+            out[k] = _snap(d, v)
+        return out
 
     def optuna_space(self) -> dict:
         return {k: d.to_optuna() for k, d in self.params.items()}
@@ -198,6 +217,20 @@ def _plain(v):
     if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
         return v.item()
     return v
+
+
+def _snap(d: Dist, v):
+    """``v`` moved into ``d``'s domain: the nearest choice (the first one for non-numbers), or clipped."""
+    if d.type == "categorical":
+        if v in d.choices:
+            return v
+        if _is_num(v) and all(_is_num(c) for c in d.choices):
+            return min(d.choices, key=lambda c: (abs(float(c) - float(v)), c))
+        return d.choices[0]
+    if not _is_num(v):
+        v = d.low
+    v = min(max(float(v), float(d.low)), float(d.high))
+    return int(round(v)) if d.type == "int" else v
 
 
 def _get_dotted(tree: Mapping, key: str):
@@ -404,6 +437,10 @@ def previous_stage_best(results_root: Path, stage: str) -> tuple[dict[str, Any],
     if summary.exists():
         try:
             s = json.loads(summary.read_text())
+            sel = s.get("selected")  # the confirmation's winner, when the search ran one
+            if sel:
+                return dict(sel["overrides"]), (f"{summary} (search {s.get('search_id')}, confirmation winner "
+                                                f"{sel.get('candidate')})"), s.get("provenance")
             best = s["best"]
             return dict(best["overrides"]), (
                 f"{summary} (search {s.get('search_id')}, trial {best.get('trial_id')}, "
@@ -596,17 +633,40 @@ def load_space(
                 f"it cannot rank trials while {', '.join(varying)} varies. Allowed here: {', '.join(KNOWN_METRICS[:4])}"
             )
 
+    top, conf_seeds, test_fraction = _parse_confirm(raw, cli)
+    if test_fraction > 0:
+        if "data.test_fraction" in params:
+            raise SpaceError("params.data.test_fraction: set confirm.test_fraction instead (one split per search)")
+        fixed["data.test_fraction"] = test_fraction
     sp = Space(
         name=name, path=path, raw=raw, base_config=base_path, preset=preset, data=data, metric=metric,
         mode=mode, num_samples=num_samples, max_epochs=max_epochs, seed=seed, max_concurrent_trials=mct,
         grace_period=grace, reduction_factor=rf, cpus_per_trial=cpus, gpus_per_trial=gpus, fixed=fixed,
         params=params, effective_batch_size=eff, inherited=inherited, inherited_from=inherited_from, budget=budget,
-        inherited_provenance=inherited_prov,
+        inherited_provenance=inherited_prov, confirm_top=top, confirm_seeds=conf_seeds, test_fraction=test_fraction,
     )
     _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
     _cap_samples_at_grid(sp, log)
     _validate_against_config(sp)
     return sp
+
+
+def _parse_confirm(raw: dict, cli: Mapping[str, Any]) -> tuple[int, int, float]:
+    """(top K, seeds S, test_fraction) from the space's ``confirm`` section, the defaults and the CLI's
+    ``confirm_top`` / ``confirm_seeds`` (``--no-confirm`` = top 0: the test split stays, so the search is the
+    same with or without its confirmation)."""
+    conf = {**CONFIRM_DEFAULTS, **_check_section("confirm", raw.get("confirm"))}
+    top = _num("confirm.top", conf["top"], integer=True, lo=0)
+    seeds = _num("confirm.seeds", conf["seeds"], integer=True, lo=1)
+    frac = _num("confirm.test_fraction", conf["test_fraction"], lo=0, hi=1, hi_open=True)
+    if "confirm_top" in cli:
+        top = _num("--confirm-top", cli["confirm_top"], integer=True, lo=0)
+    if "confirm_seeds" in cli:
+        seeds = _num("--confirm-seeds", cli["confirm_seeds"], integer=True, lo=1)
+    if top > 0 and frac == 0:
+        raise SpaceError("confirm.test_fraction: 0 leaves no test split for the confirmation runs; set it in (0, 1), "
+                         "or confirm.top: 0 / --no-confirm to skip the confirmation")
+    return int(top), int(seeds), float(frac)
 
 
 def _absolute_data(data: str) -> str:

@@ -245,6 +245,25 @@ def write_outputs(rows, space, out_dirs: list[Path], search_id: str, base_tree: 
     return out
 
 
+def write_confirmation(out_dirs: list[Path], space, base_tree: dict, summary: dict, confirmation: dict,
+                       winner_params: dict | None) -> dict:
+    """The confirmation's result into summary.json (``confirmation`` and ``selected``: what the next stage
+    inherits) and its winner into best_config.yaml, in every dir of ``out_dirs``. Returns the new summary."""
+    from pahcl.config import build_config, dump_config
+
+    summary = {**summary, "confirmation": confirmation}
+    if winner_params is not None:
+        overrides = space.trial_overrides(winner_params)
+        summary["selected"] = {"source": "confirmation", "candidate": confirmation["winner"],
+                               "params": winner_params, "overrides": {k: _plain(v) for k, v in overrides.items()}}
+        cfg = build_config(base_tree, overrides)
+    for d in out_dirs:
+        if winner_params is not None:
+            dump_config(cfg, d / "best_config.yaml")
+        (d / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
 # ----------------------------------------------------------------------------- plots
 
 

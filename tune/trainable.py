@@ -39,7 +39,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from ray import tune  # noqa: E402
 
 SEED_INDEX_KEY = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
+CONFIRM_KEY = "__confirm__"  # a confirmation run: its candidate label (a key of consts["confirm_points"])
 CKPT_NAME = "checkpoint.pt"
+
+
+def trial_config(config: dict, consts: dict) -> dict:
+    """The trial's sampled values: the searcher's, or a confirmation candidate's with its fresh seed index."""
+    label = config.get(CONFIRM_KEY)
+    if label is None:
+        return config
+    point = consts["confirm_points"][label]
+    return {**point["params"], SEED_INDEX_KEY: int(point["seed_index"])}
 
 
 def trial_overrides(config: dict, consts: dict) -> dict[str, Any]:
@@ -125,7 +135,7 @@ def restore_latest_good(trainer_factory, ckpt, log) -> tuple[Any, str | None, li
     return trainer, None, skipped
 
 
-def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov) -> str:
+def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov, candidate=None) -> str:
     """The trial's nested child run: created on first start, reused (set RUNNING) on a retry/restore."""
     from tune.mlflow_utils import PARENT_TAG, find_child_run, trial_number, trial_run_name
 
@@ -136,8 +146,10 @@ def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config
         name = trial_run_name(config, trial_number(_storage_trial_dir(), trial_name))  # m=0.995 lr=2.2e-3 #4
         run = client.create_run(exp_id, run_name=name, tags={
             PARENT_TAG: parent, "pahcl.stage": consts["stage"], "pahcl.search_id": consts["search_id"],
-            "pahcl.trial_id": trial_id, "pahcl.trial_name": trial_name, "pahcl.role": "trial",
+            "pahcl.trial_id": trial_id, "pahcl.trial_name": trial_name,
+            "pahcl.role": "confirmation" if candidate else "trial",
             "pahcl.seed_index": str(config.get(SEED_INDEX_KEY, 0)),
+            **({"pahcl.candidate": candidate} if candidate else {}),
         })
         flat = {f"cfg.{k}": v for k, v in cfg.flat().items()}
         flat.update({k: v for k, v in ov.items()})
@@ -147,6 +159,22 @@ def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config
     else:
         client.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id
+
+
+def _score_test(trainer, train, val, test, cfg, client, run_id, logger) -> dict[str, float]:
+    """``pahcl.evaluate.test_metrics`` of the trained model (bank: train + validation), also on the child run."""
+    from pahcl.evaluate import test_metrics
+
+    m = test_metrics(trainer.model, [train, val], test, cfg, trainer.device, seed=cfg.seed)
+    if run_id is not None:
+        try:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(trainer.epoch)) for k, v in m.items()])
+        except Exception as e:  # noqa: BLE001 - the result still reaches Ray (and summary.json)
+            logger.errors.append(f"test metrics: {e}"[:300])
+    return m
 
 
 def _logged_points(client, run_id: str | None, warn) -> dict[str, set[int]]:
@@ -189,6 +217,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
         if injector:
             injector.event("trial_start", resumed_from_epoch=None, refused=reason)
         raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
+    candidate = config.get(CONFIRM_KEY)
+    config = trial_config(config, consts)
     ov = trial_overrides(config, consts)
     try:  # no GPU where one was assigned, a bad config or data spec: the same on every retry, fail once
         placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
@@ -196,7 +226,9 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
         # Data: loaded once per trial, cached under the run directory (absolute paths: trials do not run in
         # cwd). The split uses the search's base seed so --seeds repeats differ in training only.
         split_cfg = dataclasses.replace(cfg, seed=int(consts.get("split_seed", cfg.seed)))
-        train, val = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None)
+        sides = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None,
+                             with_test=bool(candidate))  # the test side: read by confirmation runs only
+        train, val, test = sides if candidate else (*sides, None)
     except DETERMINISTIC_ERRORS as e:
         _mark_nonretryable(nonretry, f"{type(e).__name__}: {e}", step=0)
         raise
@@ -211,7 +243,7 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             injector.event("mlflow_warning", message=msg[:300])
 
     try:
-        run_id = _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov)
+        run_id = _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov, candidate)
         warned = False
     except Exception as e:  # noqa: BLE001 - the tracking store is down: train anyway, metrics spilled to a file
         run_id, warned = None, True
@@ -240,6 +272,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
             out["epoch"] = int(trainer.epoch)
             out["mlflow_run_id"] = run_id
             out.update(placement, trial_wall_report=time.time())
+            if test is not None and trainer.epoch >= cfg.training.num_epochs:  # a confirmation run's last epoch
+                out.update(_score_test(trainer, train, val, test, cfg, client, run_id, logger))
             if logger.degraded and trial_dir is not None:  # store down: make the buffer durable before report
                 n = logger.spill(trial_dir / SPILL_NAME)
                 if injector and n:

@@ -22,6 +22,7 @@ BASE_SPACE = {
     "data": "synthetic:40",
     "metric": "val/knn_acc",
     "mode": "max",
+    "confirm": {"top": 0, "test_fraction": 0},  # no test split, no confirmation (tests/tune/test_tune_confirm.py has them)
     "guard": "warn",  # 3 epochs x 2 steps: far below 1/(1-m); the pre-Ray guard (tune/guard.py) only warns
     "num_samples": 4,
     "max_epochs": 3,
