@@ -86,6 +86,11 @@ def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: st
     return tuner.fit()
 
 
+def unfinished(grid, max_epochs: int) -> int:
+    """Confirmation runs that neither failed nor reached ``max_epochs`` (Ctrl+C / SIGTERM stopped them)."""
+    return sum(1 for r in grid if r.error is None and int((r.metrics or {}).get("epoch", 0) or 0) < max_epochs)
+
+
 def scores(grid) -> list[dict]:
     """One dict per confirmation trial: candidate, seed index, test metrics (NaN when it failed), error."""
     out = []

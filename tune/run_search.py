@@ -818,6 +818,11 @@ def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, 
     grid = confirm.run(space, meta["consts"], TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"]), meta["mlflow"],
                        stage_dir / "ray", meta["search_id"], cands, space.confirm_seeds, _log,
                        max_failures=args.max_failures)
+    left = confirm.unfinished(grid, space.max_epochs)
+    if left:  # interrupted: no verdict from part of the runs; --resume continues them
+        _log(f"[confirm] interrupted: {left} of {len(grid)} confirmation runs unfinished. Continue with:\n    "
+             f"{resume_hint(args, stage_dir.parent)}")
+        raise KeyboardInterrupt
     table = confirm.table(confirm.scores(grid), cands)
     winner, verdict = confirm.verdict(table)
     _log(f"\n== confirmation: {len(cands)} configurations x {space.confirm_seeds} fresh seeds, {space.max_epochs} epochs, "
