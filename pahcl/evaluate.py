@@ -46,6 +46,7 @@ __all__ = [
     "extract_features",
     "frozen_features",
     "knn_scores",
+    "knn_scores_leave_group_out",
     "knn_predict",
     "linear_probe",
     "logspec_features",
@@ -116,6 +117,31 @@ def knn_scores(
         scores.scatter_add_(1, yb[idx], w)
         out.append(scores / scores.sum(1, keepdim=True))
     return torch.cat(out).numpy() if out else np.zeros((0, num_classes), dtype=np.float32)
+
+
+@torch.no_grad()
+def knn_scores_leave_group_out(feats, labels, groups, num_classes: int, k: int = 20, temperature: float = 0.07,
+                               chunk: int = 1024) -> np.ndarray:
+    """``knn_scores`` of every item against all items of the OTHER groups (leave one group out: a patient is
+    never its own neighbour), so every group is scored once and no choice of validation groups is needed.
+    Returns [N, C]."""
+    f = _l2n(torch.as_tensor(_np(feats), dtype=torch.float32))
+    y = torch.as_tensor(_np(labels), dtype=torch.long)
+    _, g = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    g = torch.as_tensor(g)
+    if len(torch.unique(g)) < 2:
+        raise ValueError("knn_scores_leave_group_out: needs at least 2 groups")
+    k = min(k, int(len(f) - torch.bincount(g).max()))
+    out = []
+    for s in range(0, len(f), chunk):
+        sim = f[s : s + chunk] @ f.T  # [n, N]
+        sim[g[s : s + chunk, None] == g[None, :]] = -float("inf")  # own group: never a neighbour
+        top, idx = sim.topk(k, dim=1)
+        w = ((top - top[:, :1]) / temperature).exp()
+        scores = torch.zeros(len(top), num_classes)
+        scores.scatter_add_(1, y[idx], w)
+        out.append(scores / scores.sum(1, keepdim=True))
+    return torch.cat(out).numpy()
 
 
 def knn_predict(bank, bank_labels, queries, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:

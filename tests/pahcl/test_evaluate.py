@@ -269,3 +269,23 @@ def test_cli_same_train_and_test_spec_is_warned_and_recorded(tmp_path, capsys, m
     assert main(["--smoke-test", "--train", "synthetic:8", "--test", "synthetic:6"]) == 0
     cap = capsys.readouterr()
     assert "same spec" not in cap.err and json.loads(cap.out.strip().splitlines()[-1])["test_is_train"] is False
+
+
+def test_knn_leave_group_out_never_uses_the_own_group():
+    from pahcl.evaluate import knn_scores_leave_group_out
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(12, 4)) * 0.1
+    y = np.array([0, 0, 0, 1, 1, 1] * 2)
+    g = np.repeat(np.arange(4), 3)
+    f[y == 0, 0] += 1
+    f[y == 1, 1] += 1
+    assert np.array_equal(knn_scores_leave_group_out(f, y, g, 2, k=3).argmax(1), y)
+    # each cycle's nearest neighbours are its own group's: if they counted, relabelling group 0 as class 2
+    # would be predicted for group 0; leave-group-out predicts it from group 2 (class 0) instead
+    y2 = y.copy()
+    y2[:3] = 2
+    pred = knn_scores_leave_group_out(f, y2, g, 3, k=3).argmax(1)
+    assert list(pred[:3]) == [0, 0, 0] and list(pred[6:9]) == [2, 2, 2]
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        knn_scores_leave_group_out(f, y, np.zeros(12), 2)

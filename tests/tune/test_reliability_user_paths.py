@@ -46,6 +46,10 @@ def test_readme_real_data_search_with_relative_path_trains_every_trial(tmp_path)
     assert ranked["epochs"].max() == 2
     summary = json.loads((out / "moco_stage2" / "summary.json").read_text())
     assert summary["best"]["trial_id"] in set(ranked["trial_id"])
+    # the confirmation (smoke budget: top 1 + baseline, 1 fresh seed) on the held-out test patients
+    assert summary["confirmation"]["test_fraction"] == 0.2 and summary["confirmation"]["verdict"]
+    assert all(r["test_recordings"] for r in summary["confirmation"]["table"])
+    assert "verdict: " in p.stdout
     meta = next((out / "moco_stage2" / "searches").glob("*/search_meta.json"))
     data = json.loads(meta.read_text())["consts"]["data"]
     assert data == f"circor:{SHARED_CIRCOR.resolve()}"  # absolute: the same files wherever a trial runs

@@ -1,0 +1,175 @@
+"""How noisy is the search's objective, against the differences it must rank? (issue 12 item 2)
+
+    python bench/objective_noise.py --out bench/results/objective_noise.json     # ~20-40 min on 2 cores
+    python bench/objective_noise.py --smoke-test                                  # one tiny run per setting
+
+For each data setting under moco_stage2's ``synthetic_cpu`` budget (the shipped CPU search), three
+configurations (the stage's baseline, and its learning rate at the two ends of the space's range, /3 and x3)
+are trained with training seeds 0, 1, 2 (the split fixed at the search's base seed), and the baseline also
+with two more split seeds (the validation groups resampled, training seed fixed): the bare Trainer on exactly
+the trial's config (``Space.trial_overrides``), so the values are what a search trial reports.
+Objectives computed from the same runs: ``last`` = val/knn_acc at the last epoch (the search's metric),
+``last3`` = its mean over the last 3 epochs, ``rec`` = recording-level kNN at the last epoch.
+Reported per setting and objective: the std over training seeds (mean over the 3 configurations), the std
+over split resamples, the range of the 3 configuration means (the differences a search must rank) and the
+ratio noise / range (below 1 the ranking is signal).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import REPO, RESULTS, command, machine, write_json
+
+SETTINGS = ["synthetic:40", "synthetic:120", "yaseen:../shared/data/yaseen2018"]
+TRAIN_SEEDS = [0, 1, 2]
+OBJECTIVES = {"last": "val/knn_acc, last epoch", "last3": "val/knn_acc, mean of last 3 epochs",
+              "rec": "recording-level kNN, last epoch", "logo": "leave-one-group-out kNN (train + val), last epoch"}
+EXTRA_SPLIT_SEEDS = [1, 2]  # added to the search's base seed
+
+
+def configs(sp) -> dict[str, dict]:
+    base = sp.baseline_params()
+    lr = sp.params["training.learning_rate"]
+    return {"lr/3": {**base, "training.learning_rate": lr.low}, "baseline": base,
+            "lrx3": {**base, "training.learning_rate": lr.high}}
+
+
+def jobs_for(data: str, smoke: bool) -> list[dict]:
+    if smoke:
+        return [{"data": data, "config": "baseline", "train_seed": 0, "split_seed": 0}]
+    jobs = [{"data": data, "config": c, "train_seed": s, "split_seed": 0}
+            for c in ("lr/3", "baseline", "lrx3") for s in TRAIN_SEEDS]
+    return jobs + [{"data": data, "config": "baseline", "train_seed": 0, "split_seed": s} for s in EXTRA_SPLIT_SEEDS]
+
+
+def run_job(job: dict, cache: str, smoke: bool) -> dict:
+    """One bare-Trainer run with the trial's config; the three objectives."""
+    import dataclasses
+
+    import torch
+
+    from pahcl.config import build_config
+    from pahcl.evaluate import evaluate_features, extract_features
+    from pahcl.train import Trainer, prepare_data
+    from tune.spaces import load_space
+
+    torch.set_num_threads(1)
+    sp = load_space("moco_stage2", results_root=Path(cache) / "none", budget="smoke" if smoke else "synthetic_cpu",
+                    cli={"data": job["data"]}, log=lambda m: None)
+    tree = sp.base_tree()
+    base_seed = int(tree.get("seed", 42))
+    ov = sp.trial_overrides(configs(sp)[job["config"]])
+    ov["seed"] = base_seed + job["train_seed"]
+    cfg = build_config(tree, ov)
+    train, val = prepare_data(dataclasses.replace(cfg, seed=base_seed + job["split_seed"]), sp.data, cache_dir=cache,
+                              log=lambda m: None)
+    t0 = time.perf_counter()
+    tr = Trainer(cfg, train, val, log=lambda m: None)
+    tr.fit()
+    hist = [float(h["val/knn_acc"]) for h in tr.history]
+    bs = cfg.evaluation.batch_size
+    rec = evaluate_features(extract_features(tr.model, train, bs), train.table["label"].tolist(),
+                            extract_features(tr.model, val, bs), val.table["label"].tolist(), "knn", "recording",
+                            rec_test=val.table["recording_id"].tolist(), k=cfg.evaluation.knn_k,
+                            temperature=cfg.evaluation.knn_temperature)
+    return {**job, "history": hist, "last": hist[-1], "last3": float(np.mean(hist[-3:])), "rec": float(rec["accuracy"]),
+            "logo": _logo(tr.model, [train, val], cfg),
+            "val_cycles": len(val), "val_recordings": int(val.table["recording_id"].nunique()),
+            "val_groups": int(val.table["group"].nunique()), "seconds": time.perf_counter() - t0}
+
+
+def _logo(model, sides, cfg) -> float:
+    """Leave-one-group-out kNN over training + validation cycles (every patient scored once)."""
+    from pahcl.evaluate import classification_metrics, encode_labels, extract_features, knn_scores_leave_group_out
+
+    f = np.concatenate([extract_features(model, c, cfg.evaluation.batch_size) for c in sides])
+    labels = [v for c in sides for v in c.table["label"].tolist()]
+    groups = [v for c in sides for v in c.table["group"].tolist()]
+    classes, y, _ = encode_labels(labels)
+    s = knn_scores_leave_group_out(f, y, groups, len(classes), cfg.evaluation.knn_k, cfg.evaluation.knn_temperature)
+    return float(classification_metrics(y, s.argmax(1), classes)["accuracy"])
+
+
+def analyse(runs: list[dict]) -> list[dict]:
+    out = []
+    for data in dict.fromkeys(r["data"] for r in runs):
+        rs = [r for r in runs if r["data"] == data]
+        row = {"data": data, "val_cycles": rs[0]["val_cycles"], "val_recordings": rs[0]["val_recordings"],
+               "val_groups": rs[0]["val_groups"]}
+        for obj in [o for o in OBJECTIVES if o in rs[0]]:
+            split0 = [r for r in rs if r["split_seed"] == 0]
+            by_cfg = {c: [r[obj] for r in split0 if r["config"] == c] for c in dict.fromkeys(r["config"] for r in split0)}
+            seed_std = float(np.mean([np.std(v, ddof=1) for v in by_cfg.values() if len(v) > 1])) if any(
+                len(v) > 1 for v in by_cfg.values()) else float("nan")
+            split_vals = [r[obj] for r in rs if r["config"] == "baseline" and r["train_seed"] == 0]
+            split_std = float(np.std(split_vals, ddof=1)) if len(split_vals) > 1 else float("nan")
+            means = [float(np.mean(v)) for v in by_cfg.values()]
+            rng = float(max(means) - min(means)) if means else float("nan")
+            row[obj] = {"seed_std": seed_std, "split_std": split_std, "config_means": dict(zip(by_cfg, means)),
+                        "range": rng, "noise_over_range": max(seed_std, split_std) / rng if rng > 0 else float("inf")}
+        out.append(row)
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [f"{res['machine']['date']}; load average at start {res['load_start']}, at end {res['machine']['loadavg']}; "
+             f"{res['seconds'] / 60:.1f} min.", "",
+             "| data (synthetic_cpu budget) | validation cycles / recordings / groups | objective | std over training "
+             "seeds | std over split resamples | config means (lr/3, baseline, lrx3) | range of means | noise / range |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["summary"]:
+        for obj, name in OBJECTIVES.items():
+            if obj not in r:
+                continue
+            o = r[obj]
+            lines.append(f"| {r['data']} | {r['val_cycles']} / {r['val_recordings']} / {r['val_groups']} | {name} | "
+                         f"{o['seed_std']:.3f} | {o['split_std']:.3f} | "
+                         f"{', '.join(f'{v:.3f}' for v in o['config_means'].values())} | {o['range']:.3f} | "
+                         f"{o['noise_over_range']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--data", nargs="*", default=SETTINGS)
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    ap.add_argument("--smoke-test", action="store_true", help="one run per setting, the smoke budget")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        spec = json.loads(a.worker)
+        print("RESULT " + json.dumps([run_job(j, spec["cache"], spec["smoke"]) for j in spec["jobs"]]), flush=True)
+        return 0
+    t0, load0 = time.perf_counter(), machine()["loadavg"]
+    jobs = [j for d in a.data for j in jobs_for(d, a.smoke_test)]
+    cache = tempfile.mkdtemp(prefix="pahcl_noise_")
+    parts = [jobs[i::a.jobs] for i in range(a.jobs)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(
+        {"cache": cache, "smoke": a.smoke_test, "jobs": p})], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for p in parts if p]
+    runs = []
+    for p in procs:
+        out, _ = p.communicate()
+        line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"objective_noise worker failed (rc {p.returncode})")
+        runs += json.loads(line[7:])
+    res = {"command": command(argv), "machine": machine(), "load_start": load0, "seconds": time.perf_counter() - t0,
+           "runs": runs, "summary": analyse(runs)}
+    print(markdown(res))
+    if a.out:
+        write_json(Path(a.out), res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
