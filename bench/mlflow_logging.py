@@ -1,6 +1,6 @@
 """Measure what MLflow step logging costs the training loop.
 
-    .venv/bin/python -m tune.bench_logging [--preset tiny] [--steps 60] [--log-interval 1] [--flush-seconds 5]
+    .venv/bin/python bench/mlflow_logging.py [--preset tiny] [--steps 60] [--log-interval 1] [--flush-seconds 5]
 
 Runs one epoch of ``--steps`` optimizer steps of the real Trainer on synthetic:40 twice: without any
 logging callback, then with the search's ``MLflowStepCallback`` + ``BatchLogger`` writing to a fresh
@@ -17,14 +17,9 @@ every one of them.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def main(argv=None) -> dict:
@@ -42,7 +37,10 @@ def main(argv=None) -> dict:
 
     from pahcl.config import load_config
     from pahcl.train import Trainer, prepare_data
+    from tune.environment import setup_environment
     from tune.mlflow_utils import BatchLogger, MLflowStepCallback, _client, ensure_experiment, local_tracking_uri
+
+    setup_environment()
 
     torch.set_num_threads(1)
     ov = {"training.num_epochs": 1, "training.max_steps_per_epoch": a.steps, "training.warmup_epochs": 0,
