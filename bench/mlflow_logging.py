@@ -1,6 +1,7 @@
 """Measure what MLflow step logging costs the training loop.
 
     .venv/bin/python bench/mlflow_logging.py [--preset tiny] [--steps 60] [--log-interval 1] [--flush-seconds 5]
+    .venv/bin/python bench/mlflow_logging.py --smoke-test      # 6 steps, 1 A/B pair (seconds): it runs
 
 Runs one epoch of ``--steps`` optimizer steps of the real Trainer on synthetic:40 twice: without any
 logging callback, then with the search's ``MLflowStepCallback`` + ``BatchLogger`` writing to a fresh
@@ -31,7 +32,10 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default="synthetic:40")
     p.add_argument("--sync", action="store_true", help="flush on the training thread (no background flusher)")
     p.add_argument("--repeats", type=int, default=2, help="A/B pairs (the A/B number is the median)")
+    p.add_argument("--smoke-test", action="store_true", help="6 steps, 1 pair: checks that it runs")
     a = p.parse_args(argv)
+    if a.smoke_test:
+        a.steps, a.repeats = 6, 1
 
     import torch
 
