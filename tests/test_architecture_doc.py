@@ -1,5 +1,5 @@
 """docs/architecture.md shows the import graph of tune/ and bench/ generated from the source
-(tests/support/import_graph.py), and the layering it describes holds: pahcl/ imports nothing from tune/,
+(tests/support/testkit/import_graph.py), and the layering it describes holds: pahcl/ imports nothing from tune/,
 Ray or MLflow; nothing in tune/, bench/ or tests/ edits sys.path; tests/pahcl imports nothing from tune."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import ast
 import re
 from pathlib import Path
 
-from support.import_graph import DOC, REPO, doc_block, render
+from testkit.import_graph import DOC, REPO, doc_block, render
 
 
 def test_the_import_graph_in_the_doc_is_the_generated_one():
     assert doc_block(DOC.read_text()) == render(), (
-        "docs/architecture.md is out of date: run .venv/bin/python tests/support/import_graph.py --write")
+        "docs/architecture.md is out of date: run .venv/bin/python tests/support/testkit/import_graph.py --write")
 
 
 def _imports(path: Path) -> set[str]:

@@ -16,7 +16,7 @@ must be importable there, e.g. through ``PYTHONPATH``). Every method is optional
                                                    # have ``event(name, **info)`` for the trial's events
 
 Trial events (``TrialEvents``): ``trial_start``, ``report``, ``reported``, ``error``, ``mlflow_warning``,
-``mlflow_spilled`` (see ``tune/trainable.py``). Example: ``tests/support/faults.py``.
+``mlflow_spilled`` (see ``tune/trainable.py``). Example: ``tests/support/testkit/faults.py``.
 """
 from __future__ import annotations
 

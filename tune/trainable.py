@@ -26,7 +26,7 @@ unreachable MLflow store never stops training (one warning per trial, metrics bu
 Plug-ins (``tune/plugins.py``, passed by the driver as ``plugins``): each may add a ``pahcl.train`` callback
 to the trial (after the MLflow step logger, before the report) and observe the trial's events
 (``trial_start``, ``report``, ``reported``, ``error``, ``mlflow_warning``, ``mlflow_spilled``); the tests'
-fault injection (``tests/support/faults.py``) is one.
+fault injection (``tests/support/testkit/faults.py``) is one.
 """
 from __future__ import annotations
 

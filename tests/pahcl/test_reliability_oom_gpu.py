@@ -1,5 +1,5 @@
 """GPU variant of the OOM reliability test (skipped without CUDA): a REAL CUDA out-of-memory error,
-raised by the caching allocator inside the real optimizer step (``support.faults`` ``oom`` with
+raised by the caching allocator inside the real optimizer step (``testkit.faults`` ``oom`` with
 ``real: true`` asks for a 1 PiB tensor in the forward pass), is retried a bounded number of times with the
 failed attempt's memory released, then fails with ``StepOutOfMemoryError``; allocated memory is back at
 (or below) its level after the last good step, and the next run on the same GPU trains normally.
@@ -28,7 +28,7 @@ class _Mem(Callback):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_cuda_oom_bounded_retries_memory_released_next_run_trains(tmp_path):
-    from support.faults import FaultInjector, count
+    from testkit.faults import FaultInjector, count
 
     cfg = load_config(preset="tiny", overrides={
         "training.device": "cuda", "training.max_steps_per_epoch": 2, "training.num_epochs": 2,
@@ -63,7 +63,7 @@ def test_real_cuda_oom_bounded_retries_memory_released_next_run_trains(tmp_path)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_cuda_oom_once_is_recovered(tmp_path):
-    from support.faults import FaultInjector
+    from testkit.faults import FaultInjector
 
     cfg = load_config(preset="tiny", overrides={
         "training.device": "cuda", "training.max_steps_per_epoch": 2, "training.num_epochs": 1,

@@ -8,7 +8,7 @@ import socket
 import pytest
 import yaml
 
-from support import pythonpath
+from testkit import pythonpath
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -33,7 +33,7 @@ def ray_session():
     """One local Ray for all tests that need it (run_search.main joins it and leaves it running)."""
     import ray
 
-    os.environ["PYTHONPATH"] = pythonpath()  # tests/ first: trial workers unpickle plug-ins from tests/support
+    os.environ["PYTHONPATH"] = pythonpath()  # tests/support first: trial workers unpickle plug-ins (testkit)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "MLFLOW_DISABLE_TELEMETRY": "true"}})
     yield ray

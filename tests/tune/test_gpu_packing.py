@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.faults import env_vars
+from testkit.faults import env_vars
 from tune_helpers import BASE_SPACE, REPO_ROOT, descendants, write_space
 
 RUN = [sys.executable, str(REPO_ROOT / "tune" / "run_search.py")]

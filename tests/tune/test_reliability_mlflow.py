@@ -15,7 +15,7 @@ import pytest
 
 from tune_helpers import wait_for_health
 
-from support.faults import env_vars, read_events
+from testkit.faults import env_vars, read_events
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ trials; none duplicated, finished ones not re-run; a changed space file is refus
 are options ``--resume`` would ignore; the trial resumed mid-epoch logs every step and epoch to MLflow once.
 
 The first driver is the real CLI (``tune/run_search.py``, its own local Ray) started with Popen; the kill
-is timed from files (the trial event log of ``tests/support/faults.py`` and Ray's experiment-state file), not sleeps.
+is timed from files (the trial event log of ``tests/support/testkit/faults.py`` and Ray's experiment-state file), not sleeps.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 
 from tune_helpers import REPO_ROOT, descendants
 
-from support.faults import env_vars, read_events
+from testkit.faults import env_vars, read_events
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import pytest
 
 from tune_helpers import REPO_ROOT
 
-from support.faults import env_vars, read_events
+from testkit.faults import env_vars, read_events
 
 pytestmark = pytest.mark.slow
 

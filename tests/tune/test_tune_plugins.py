@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from support.faults import FaultInjector, FaultPlan, env_vars
-from support.interrupt import InterruptAfterTrials
+from testkit.faults import FaultInjector, FaultPlan, env_vars
+from testkit.interrupt import InterruptAfterTrials
 from tune.plugins import ENV, PluginError, TrialEvents, from_env, load, trial_hooks, tune_callbacks
 
 
 def test_specs_load_factories_and_skip_the_ones_returning_none(tmp_path, monkeypatch):
     log = tmp_path / "events.jsonl"
     env = env_vars([{"kind": "stall", "at_step": 0, "seconds": 0}], log)
-    assert env[ENV] == "support.faults:plugin"
+    assert env[ENV] == "testkit.faults:plugin"
     for k, v in env.items():
         monkeypatch.setenv(k, v)  # the fault factory reads PAHCL_FAULTS* from the driver's environment
-    plugins = from_env({ENV: "support.faults:plugin, support.interrupt:plugin"})
+    plugins = from_env({ENV: "testkit.faults:plugin, testkit.interrupt:plugin"})
     assert [type(p).__name__ for p in plugins] == ["FaultPlan", "InterruptPlugin"]
     assert plugins[0].spec == {"faults": [{"kind": "stall", "at_step": 0, "seconds": 0}], "log": str(log)}
     monkeypatch.delenv("PAHCL_FAULTS")
@@ -25,7 +25,7 @@ def test_specs_load_factories_and_skip_the_ones_returning_none(tmp_path, monkeyp
 
 
 def test_callbacks_and_trial_hooks_come_from_the_plugins_that_have_them(tmp_path):
-    from support.interrupt import InterruptPlugin
+    from testkit.interrupt import InterruptPlugin
 
     plan = FaultPlan({"faults": [], "log": str(tmp_path / "ev.jsonl")})
     plugins = [plan, InterruptPlugin(), object()]
@@ -36,15 +36,15 @@ def test_callbacks_and_trial_hooks_come_from_the_plugins_that_have_them(tmp_path
     events = TrialEvents(hooks)
     assert events and not TrialEvents([])
     events("trial_start", resumed_from_epoch=None)
-    from support.faults import read_events
+    from testkit.faults import read_events
 
     (e,) = read_events(tmp_path / "ev.jsonl")
     assert e["event"] == "trial_start" and e["trial_id"] == "t1" and e["resumed_from_epoch"] is None
 
 
-@pytest.mark.parametrize("spec, says", [("support.faults", "is not module:function"),
+@pytest.mark.parametrize("spec, says", [("testkit.faults", "is not module:function"),
                                         ("no_such_module_xyz:make", "cannot load 'no_such_module_xyz:make'"),
-                                        ("support.faults:no_such_factory", "AttributeError")])
+                                        ("testkit.faults:no_such_factory", "AttributeError")])
 def test_bad_spec_is_a_config_error_naming_the_variable(spec, says):
     with pytest.raises(PluginError, match=ENV) as ei:
         load(spec)

@@ -1,7 +1,7 @@
 """Test-only: interrupt a search driver after N completed trials, as Ctrl+C would (a search plug-in,
 ``tune/plugins.py``; nothing in the service knows about it).
 
-    from support.interrupt import InterruptPlugin
+    from testkit.interrupt import InterruptPlugin
     run_search.main(argv, plugins=[InterruptPlugin()])     # with PAHCL_TUNE_INTERRUPT_AFTER=N set
 """
 from __future__ import annotations
@@ -41,5 +41,5 @@ class InterruptPlugin:
 
 
 def plugin() -> InterruptPlugin:
-    """``PAHCL_SEARCH_PLUGINS=support.interrupt:plugin`` (a driver subprocess)."""
+    """``PAHCL_SEARCH_PLUGINS=testkit.interrupt:plugin`` (a driver subprocess)."""
     return InterruptPlugin()

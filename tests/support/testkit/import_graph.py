@@ -2,8 +2,8 @@
 imports lazily), rendered as the block docs/architecture.md shows. tests/test_architecture_doc.py checks that
 the page holds exactly what this renders, so the graph there is generated, never guessed.
 
-    .venv/bin/python tests/support/import_graph.py            # print the block
-    .venv/bin/python tests/support/import_graph.py --write    # replace it in docs/architecture.md
+    .venv/bin/python tests/support/testkit/import_graph.py            # print the block
+    .venv/bin/python tests/support/testkit/import_graph.py --write    # replace it in docs/architecture.md
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import ast
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "architecture.md"
 BEGIN, END = "<!-- import-graph:begin -->", "<!-- import-graph:end -->"
 LAYERS = ("tune", "bench")  # the modules whose imports are listed (pahcl's own layering is described above)

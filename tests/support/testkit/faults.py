@@ -4,8 +4,8 @@ The reliability tests (``tests/tune/test_reliability_*.py``) inject faults INSID
 loop of real Ray trials and count what happened through files, not mocks. They turn it on with
 :func:`env_vars` (or ``monkeypatch.setenv`` of what it returns):
 
-    PAHCL_SEARCH_PLUGINS=support.faults:plugin     # the service's generic plug-in point (tune/plugins.py)
-    PYTHONPATH=<repo>/tests:...                     # drivers and Ray workers import this module
+    PAHCL_SEARCH_PLUGINS=testkit.faults:plugin     # the service's generic plug-in point (tune/plugins.py)
+    PYTHONPATH=<repo>/tests/support:...             # drivers and Ray workers import this module
     PAHCL_FAULTS='[{"kind": "crash", "at_epoch": 2, "marker": "/abs/crash.marker"},
                    {"kind": "nan", "at_step": 3, "marker": "/abs/nan.marker"},
                    {"kind": "oom", "at_step": 2, "times": 3, "marker": "/abs/oom.count"}]'
@@ -49,12 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import pythonpath
+from testkit import pythonpath
 
 ENV = "PAHCL_FAULTS"
 LOG_ENV = "PAHCL_FAULTS_LOG"
 PLUGINS_ENV = "PAHCL_SEARCH_PLUGINS"  # tune.plugins.ENV (not imported: tests/pahcl imports nothing from tune)
-PLUGIN_SPEC = "support.faults:plugin"
+PLUGIN_SPEC = "testkit.faults:plugin"
 KINDS = ("crash", "nan", "oom", "stall", "user_error")
 _KEYS = {"kind", "at_step", "at_epoch", "marker", "times", "corrupt_checkpoint", "payload_marker", "real", "seconds"}
 
@@ -237,7 +237,7 @@ class FaultPlan:
 
 
 def plugin() -> FaultPlan | None:
-    """``PAHCL_SEARCH_PLUGINS=support.faults:plugin``: the faults of ``PAHCL_FAULTS`` / ``PAHCL_FAULTS_LOG``
+    """``PAHCL_SEARCH_PLUGINS=testkit.faults:plugin``: the faults of ``PAHCL_FAULTS`` / ``PAHCL_FAULTS_LOG``
     (read in the driver), or None when neither is set."""
     spec = from_env()
     return FaultPlan(spec) if spec else None
