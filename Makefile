@@ -56,10 +56,11 @@ smoke: setup
 # GPU acceptance check (bench/gpu_check.py, < 9 min on one GPU): runs with the project's venv when there is
 # one, else with $(PYTHON) and its own torch (a lent GPU machine: torch preinstalled, no ray/optuna/mlflow).
 # Missing pure dependencies (pyyaml, scipy, pandas) can travel as wheels in .whl/ (installed offline first).
+# PYTHONPATH: the checkout's pahcl/ and tune/ for a Python where the project is not installed.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 gpu-check:
 	@if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --find-links .whl .whl/*.whl; fi
-	$(GPU_PYTHON) bench/gpu_check.py --out bench/results/gpu_check.json
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) bench/gpu_check.py --out bench/results/gpu_check.json
 
 # Static checks of the container set-up only (also part of `make test`).
 check-env: setup

@@ -17,8 +17,6 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def now_utc() -> str:

@@ -33,8 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command, machine, md_table, write_json  # noqa: E402
+from _common import REPO, command, machine, md_table, write_json
 
 # per-preset settings of the CPU search (moco_stage2 synthetic_cpu budget) and the small CPU default
 PRESET_OVERRIDES = {

@@ -25,8 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command, machine, md_table, write_json  # noqa: E402
+from _common import REPO, command, machine, md_table, write_json
 
 DATASETS = [f"yaseen:{REPO.parent / 'shared' / 'data' / 'yaseen2018'}",
             f"circor:{REPO.parent / 'shared' / 'data' / 'circor_tiny'}", "synthetic"]

@@ -37,9 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import command, loadavg, machine, md_table, now_utc, spread, write_json  # noqa: E402
+from _common import command, loadavg, machine, md_table, now_utc, spread, write_json
 
 PROTOCOLS = ("knn", "linear")
 BASELINES = ("logspec", "pcg")

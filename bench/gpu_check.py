@@ -35,8 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command, machine, write_json  # noqa: E402
+from _common import REPO, command, machine, write_json
 
 NEEDED = ("torch", "numpy", "yaml", "scipy", "pandas")
 SPACES = ("simclr_stage1", "moco_stage2", "moco_stage3")

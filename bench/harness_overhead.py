@@ -32,11 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command, fmt_spread, machine, md_table, spread, write_json  # noqa: E402
+from _common import REPO, command, fmt_spread, machine, md_table, spread, write_json
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
 PARAMS = {"model.moco_momentum": 0.99}  # the one "searched" value (a single choice)
 
@@ -76,27 +73,15 @@ class StepClock:
                                                    "threads": __import__("torch").get_num_threads()}))
 
 
-def instrumented_trainable(config, consts, **kw):
-    """The service's ``tune.trainable.train_pahcl``, with a StepClock inserted after its MLflow step callback."""
-    import pahcl.train as pt
-    from tune import trainable as T
+class StepClockPlugin:
+    """A search plug-in (tune/plugins.py): every trial of the service's own trainable gets a StepClock, which
+    the trainable inserts right after its MLflow step callback (before the report)."""
 
-    path = str(Path(consts["cache_dir"]).parent / "bench_steps.json")  # cache_dir is resolved: the shared cache
-    orig_init = pt.Trainer.__init__
+    def __init__(self, path: str):
+        self.path = path
 
-    def init(self, cfg, train, val=None, callbacks=(), *args, **kw):
-        cbs = list(callbacks)
-        cbs.insert(1, StepClock(path))  # [MLflowStepCallback, StepClock, _Report]
-        orig_init(self, cfg, train, val, cbs, *args, **kw)
-
-    pt.Trainer.__init__ = init
-    try:
-        return T.train_pahcl(config, consts, **kw)  # kw: whatever run_search passes (e.g. faults)
-    finally:
-        pt.Trainer.__init__ = orig_init
-
-
-instrumented_trainable.__name__ = "train_pahcl"
+    def trial_hooks(self, trial_id, trial_dir):
+        return StepClock(self.path)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -199,16 +184,15 @@ def worker_ray(spec: dict) -> dict:
     link = results / "cache"
     if not link.exists():
         link.symlink_to(spec["cache"], target_is_directory=True)  # same data cache as the bare runs
-    import tune.trainable
     from tune import run_search
 
-    tune.trainable.train_pahcl = instrumented_trainable  # run_search imports it at call time
+    f = Path(spec["cache"]).parent / "bench_steps.json"
     sampler = CpuSampler()
     try:
-        out = run_search.main(["--space", spec["space"], "--results-dir", str(results)])
+        out = run_search.main(["--space", spec["space"], "--results-dir", str(results)],
+                              plugins=[StepClockPlugin(str(f))])
     finally:
         sampler.stop()
-    f = Path(spec["cache"]).parent / "bench_steps.json"
     steps = json.loads(f.read_text())
     f.unlink()
     rows = steps["rows"]

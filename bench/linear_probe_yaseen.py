@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pahcl.checkpoint import load_checkpoint  # noqa: E402
-from pahcl.config import config_from_dict  # noqa: E402
-from pahcl.data import load_cycles  # noqa: E402
-from pahcl.evaluate import evaluate_features, frozen_features, probe_c_arg, split_by_index  # noqa: E402
+from pahcl.checkpoint import load_checkpoint
+from pahcl.config import config_from_dict
+from pahcl.data import load_cycles
+from pahcl.evaluate import evaluate_features, frozen_features, probe_c_arg, split_by_index
 
 
 FEATURES = [("pretrained encoder", "pretrained", ""), ("random-init encoder", "random_init", " --random-init"),

@@ -54,7 +54,6 @@ def _watchdog(cap_bytes: int, peak: list[int]) -> None:
 def run_worker(spec: dict) -> dict:
     import torch
 
-    sys.path.insert(0, str(REPO))
     from pahcl.config import load_config
     from pahcl.models import CNNMambaEncoder
 

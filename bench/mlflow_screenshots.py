@@ -31,10 +31,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from tune.mlflow_utils import (  # noqa: E402
+from tune.mlflow_utils import (
     EXPERIMENT_NAME, _client, local_tracking_uri, parse_compare_trials_message, start_ui, stop_ui, trials_url,
 )
 

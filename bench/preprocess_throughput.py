@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import command, loadavg, machine, md_table, now_utc, write_json  # noqa: E402
+from _common import command, loadavg, machine, md_table, now_utc, write_json
 
 # full sets: (recordings, kind of the measured set whose rate per second of audio applies). CirCor cycles come from
 # its annotations (no automatic segmentation: circor_tiny's rate); PhysioNet 2016 has no annotations, so every

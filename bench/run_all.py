@@ -25,8 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, fmt_spread, loadavg, machine, md_table, now_utc  # noqa: E402
+from _common import REPO, RESULTS, fmt_spread, loadavg, machine, md_table, now_utc
 
 KEEP_MARK = "<!-- KEEP BELOW: text after this line is kept verbatim by bench/run_all.py -->"
 

@@ -39,12 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command, machine, md_table, spread, write_json  # noqa: E402
+from _common import REPO, command, machine, md_table, spread, write_json
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 LR = [6.7e-4, 2.0e-3, 6.0e-3]
 WARMUP = [1, 2]
@@ -72,24 +68,39 @@ def space_dict(a, num_samples: int, seed: int) -> dict:
 # ----------------------------------------------------------------------------- worker (one Ray for all)
 
 
-def _grid_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=0, **_kw):
+def _grid_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=0,
+                callbacks=(), **_kw):
     """Same trainable, callbacks, checkpointing and concurrency as the service; grid + FIFO instead of TPE + ASHA."""
-    from ray import tune
+    from ray import tune as ray_tune
     from ray.tune.schedulers import FIFOScheduler
 
     from tune.mlflow_utils import EndChildRunsCallback
 
     callbacks = [EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"],
-                                      mlflow_ids["parent_run_id"], space.max_epochs)]
-    return tune.Tuner(
+                                      mlflow_ids["parent_run_id"], space.max_epochs), *callbacks]
+    return ray_tune.Tuner(
         trainable,
-        param_space={k: tune.grid_search(list(d.choices)) for k, d in space.params.items()},
-        tune_config=tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(), metric=space.metric, mode=space.mode,
-                                    max_concurrent_trials=space.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1),
+        param_space={k: ray_tune.grid_search(list(d.choices)) for k, d in space.params.items()},
+        tune_config=ray_tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(), metric=space.metric, mode=space.mode,
+                                        max_concurrent_trials=space.max_concurrent_trials, reuse_actors=True),
+        run_config=ray_tune.RunConfig(name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
+                                      checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+                                      failure_config=ray_tune.FailureConfig(max_failures=max_failures), verbose=1),
     )
+
+
+class TimedTuner:
+    """A Tuner whose ``fit()`` is timed into ``out["s"]`` (what run_search.main calls)."""
+
+    def __init__(self, tuner, out: dict):
+        self.tuner, self.out = tuner, out
+
+    def fit(self):
+        t0 = time.perf_counter()
+        try:
+            return self.tuner.fit()
+        finally:
+            self.out["s"] = time.perf_counter() - t0
 
 
 def run_search_once(space_file: Path, results: Path, grid: bool, cache: Path) -> dict:
@@ -98,29 +109,13 @@ def run_search_once(space_file: Path, results: Path, grid: bool, cache: Path) ->
     results.mkdir(parents=True, exist_ok=True)
     if not (results / "cache").exists():
         (results / "cache").symlink_to(cache, target_is_directory=True)
-    orig = run_search._build_tuner
     fit_s = {}
 
     def build(*args, **kw):
-        tuner = (_grid_tuner if grid else orig)(*args, **kw)
-        fit = tuner.fit
+        return TimedTuner((_grid_tuner if grid else run_search.build_tuner)(*args, **kw), fit_s)
 
-        def timed_fit():
-            t0 = time.perf_counter()
-            try:
-                return fit()
-            finally:
-                fit_s["s"] = time.perf_counter() - t0
-
-        tuner.fit = timed_fit
-        return tuner
-
-    run_search._build_tuner = build
     t0 = time.perf_counter()
-    try:
-        res = run_search.main(["--space", str(space_file), "--results-dir", str(results)])
-    finally:
-        run_search._build_tuner = orig
+    res = run_search.main(["--space", str(space_file), "--results-dir", str(results)], tuner_factory=build)
     wall = time.perf_counter() - t0
     df = res["df"]
     pcols = [c for c in df.columns if c.startswith("param:")]
@@ -140,7 +135,9 @@ def worker(spec: dict) -> dict:
     import yaml
 
     from tune import run_search
+    from tune.environment import setup_environment
 
+    setup_environment(local_ray=True)  # what run_search.main sets, before this worker starts Ray itself
     started = run_search._init_ray(types.SimpleNamespace(address=None), num_cpus=2)
     tmp, cache = Path(spec["tmp"]), Path(spec["cache"])
     a = types.SimpleNamespace(**spec["args"])

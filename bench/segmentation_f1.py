@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pahcl.config import DataConfig  # noqa: E402
-from pahcl.data.preprocess import preprocess_signal  # noqa: E402
-from pahcl.data.readers import read_recordings  # noqa: E402
-from pahcl.data.segmentation import segment_states  # noqa: E402
+from pahcl.config import DataConfig
+from pahcl.data.preprocess import preprocess_signal
+from pahcl.data.readers import read_recordings
+from pahcl.data.segmentation import segment_states
 
 S1_F1_TARGET_REACHED = 0.94  # asserted by tests/pahcl/data on circor_tiny (measured 0.942; target 0.95, see docs/segmentation.md)
 

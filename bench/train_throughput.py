@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pahcl.config import load_config  # noqa: E402
-from pahcl.train import Trainer, prepare_data  # noqa: E402
+from pahcl.config import load_config
+from pahcl.train import Trainer, prepare_data
 
 
 def bench_one(preset: str, moco: bool, steps: int, warmup: int, batch: int | None, accum: int | None,

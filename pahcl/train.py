@@ -20,7 +20,7 @@ What one optimizer step does
     * ``clip_grad_norm_`` (``grad_clip_norm`` > 0); the norm BEFORE clipping is ``grad_norm``.
     * AMP on CUDA only (bf16 where supported, else fp16 with ``torch.amp.GradScaler``); CPU is fp32
       unless ``Trainer(..., amp_dtype=torch.bfloat16)`` asks for CPU bf16 autocast (``amp_dtype_for``).
-    * MoCo: ``model._momentum_update()`` after every optimizer step.
+    * MoCo: ``model.momentum_update()`` after every optimizer step.
 
 Per-epoch order of work is a deterministic function of (seed, epoch): the sampler's generator is
 seeded with ``seed + epoch`` and ``dataset.set_epoch(epoch)`` is called when the dataset has it, so a
@@ -62,6 +62,7 @@ import torch
 
 from pahcl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pahcl.config import Config, ConfigError, config_from_dict
+from pahcl.metrics import EPOCH as EPOCH_METRICS
 from pahcl.schedules import get_lr
 
 __all__ = [
@@ -106,7 +107,18 @@ class StepOutOfMemoryError(RuntimeError):
 
 
 class Callback:
-    """Hooks called by ``Trainer.fit``; every method is optional."""
+    """Hooks called by ``Trainer.fit``; every method is optional (the Trainer calls only the ones a callback has).
+
+    ``on_micro_batch_start(trainer, index)`` runs inside the optimizer step before each micro-batch's
+    forward pass (``trainer.global_step`` = the step in progress): an exception raised there is raised by
+    the step itself (``torch.OutOfMemoryError`` is retried like a real one). ``on_loss(trainer, losses)``
+    runs after each micro-batch's loss and before its finite check and backward; it may return a new
+    losses dict that replaces it (None keeps it). Both exist for instrumentation and fault injection
+    (tests/support/faults.py); ordinary callbacks use the step / epoch / train-end hooks."""
+
+    def on_micro_batch_start(self, trainer: "Trainer", index: int) -> None: ...
+
+    def on_loss(self, trainer: "Trainer", losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None: ...
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
 
@@ -344,6 +356,12 @@ class Trainer:
             losses = hierarchical_loss(out, self.cfg.loss, queue=self.model.queue if self.use_moco else None)
         return out, losses
 
+    def _call(self, hook: str, *args) -> None:
+        """Call ``hook(self, *args)`` on every callback that has it, in order."""
+        for cb in self.callbacks:
+            if hasattr(cb, hook):
+                getattr(cb, hook)(self, *args)
+
     def _lr(self, step: int) -> float:
         t = self.cfg.training
         return get_lr(step, max(self.total_steps, 1), self.warmup_steps, t.learning_rate, t.min_lr)
@@ -363,7 +381,11 @@ class Trainer:
         parts = []  # detached [loss, loss_cycle, loss_sub, cycle_acc, kq_cos] per micro-batch
         n_cycles = 0
         for m, batch in enumerate(micro_batches):
+            self._call("on_micro_batch_start", m)
             out, L = self._forward_loss(batch)
+            for cb in self.callbacks:
+                if hasattr(cb, "on_loss"):
+                    L = cb.on_loss(self, L) or L
             vals = torch.stack([L["loss"].detach().float(), L["loss_cycle"].detach().float(),
                                 L["loss_sub"].detach().float()])
             if not bool(torch.isfinite(vals).all()):  # one sync per micro-batch, before backward
@@ -373,7 +395,7 @@ class Trainer:
                 raise NonFiniteLossError(self.global_step, names[i], float(vals[i]), epoch, m)
             self.scaler.scale(L["loss"] / n).backward()
             if self.use_moco:
-                self.model._dequeue_and_enqueue(out["k"].detach())
+                self.model.dequeue_and_enqueue(out["k"].detach())
                 kq = (out["q"].detach().float() * out["k"].float()).sum(-1).mean()
             else:
                 kq = torch.zeros((), device=self.device)
@@ -390,7 +412,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.use_moco:
-            self.model._momentum_update()
+            self.model.momentum_update()
         self.global_step += 1
 
         mean = torch.stack(parts).mean(0).tolist()  # one sync for all the cheap metrics
@@ -505,7 +527,7 @@ class Trainer:
         if self.epoch % t.save_interval == 0 or self.epoch == t.num_epochs:
             self.save_checkpoint(out / f"checkpoint_epoch{self.epoch}.pt")
         path = out / "metrics.csv"
-        cols = ["epoch", "step", "train/loss", "val/knn_acc", "val/knn_bal_acc", "val/align", "val/uniform"]
+        cols = list(EPOCH_METRICS)
         cols += [k for k in metrics if k not in cols]
         new = not path.exists()
         if not new:  # keep the header's columns (resume appends)

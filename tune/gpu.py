@@ -78,12 +78,12 @@ def check_cluster_gpus(gpus_per_trial: float) -> None:
 def _assigned() -> tuple[list[str], float]:
     """(GPU ids Ray gave this trial, the trial's GPU share) from inside a Ray Tune trial."""
     import ray
-    from ray import tune
+    from ray import tune as ray_tune
 
     ids = [str(i) for i in ray.get_gpu_ids()]
     share = 0.0
     try:
-        pgf = tune.get_context().get_trial_resources()
+        pgf = ray_tune.get_context().get_trial_resources()
         share = float(pgf.required_resources.get("GPU", 0.0))
     except Exception:  # noqa: BLE001 - outside Tune (a direct call): the ids are enough
         share = float(len(ids))

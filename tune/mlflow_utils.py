@@ -26,15 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# MLflow's HTTP client retries a failed request 7 times with factor-2 back-off (minutes per call). A trial
-# must not stall on a tracking server that went away: fail fast (~5 s) and let BatchLogger keep the metrics
-# buffered and retry in the background. Override by setting the variables yourself.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# The MLflow client's environment (telemetry off, fast-failing HTTP retries) is set at run time by
+# tune.environment.setup_environment (the driver and every trial call it first).
+from ray import tune as ray_tune
 
-from ray import tune  # noqa: E402
+from pahcl.metrics import STEP_LOGGED
 
 EXPERIMENT_NAME = "pahcl-search"
 PARENT_TAG = "mlflow.parentRunId"
@@ -50,10 +46,7 @@ UI_LOCAL = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 
 # Step metrics sent to MLflow every log_interval steps (the drift keys only exist on those steps).
-STEP_KEYS = (
-    "loss", "loss_cycle", "loss_sub", "grad_norm", "lr", "cycle_acc", "cycles_per_s",
-    "drift", "drift/cnn", "drift/mamba", "drift/projector", "kq_cos", "queue_fill",
-)
+STEP_KEYS = STEP_LOGGED  # pahcl/metrics.py
 
 
 def _client(uri: str):
@@ -334,7 +327,7 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     _retry(_client(uri).set_terminated, run_id, status=status)
 
 
-class EndChildRunsCallback(tune.Callback):
+class EndChildRunsCallback(ray_tune.Callback):
     """Ends each trial's child run from the driver (the trial itself may never get the chance).
 
     FINISHED: the trial reached max_epochs, or ASHA stopped it early (an early stop is the scheduler
@@ -391,26 +384,6 @@ def _asha_stopped(state_file: str) -> set[str]:
     from tune.schedulers import stopped_trial_ids
 
     return set(stopped_trial_ids(Path(state_file)))
-
-
-class InterruptAfterTrials(tune.Callback):
-    """Test/ops hook: when ``PAHCL_TUNE_INTERRUPT_AFTER`` is set to N, send this driver SIGUSR1 (Tune's
-    graceful-stop signal, like Ctrl+C) once N trials have completed. The variable is read at call
-    time, so a restored search (which unpickles this callback) runs to the end when it is unset."""
-
-    def __init__(self):
-        self.completed = 0
-        self.sent = False
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.completed += 1
-        n = os.environ.get("PAHCL_TUNE_INTERRUPT_AFTER")
-        if n and not self.sent and self.completed >= int(n):
-            import signal
-
-            self.sent = True
-            print(f"[search] PAHCL_TUNE_INTERRUPT_AFTER={n}: interrupting the driver (SIGUSR1) to simulate Ctrl+C")
-            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 # ---- what the MLflow UI shows: run names, descriptions, links ------------------------------------------

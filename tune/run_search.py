@@ -42,30 +42,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
+
+from pahcl.config import ConfigError
+from pahcl.data.readers import DataSpecError, NoUsableRecordingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `import tune.xxx` and `import pahcl` work
-    sys.path.insert(0, str(REPO_ROOT))
-# trial workers import tune.trainable by module path: make the repo importable for them too
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")  # nothing leaves the machine
-# short epochs + num_to_keep make Ray warn about experiment-checkpoint sync time on every save; the
-# syncing is local and cheap here (stack-notes), so the warning is silenced.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Snapshot the experiment state (trials + searcher) on every controller step instead of Ray's "auto"
-# (>= 10 s): a driver killed between snapshots otherwise forgets trials it already started, whose
-# work is then lost and re-sampled on --resume. A snapshot here takes ~10 ms.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-# A local (single-node) Ray binds its gRPC servers (GCS, raylet, workers) and the runtime-env agent to the
-# node's IP on all interfaces by default; with Ray's single-node mode they listen on 127.0.0.1 only. Read
-# by Ray when it is imported, so set here (before any `import ray`), unless joining a cluster (--address).
-if not any(a == "--address" or a.startswith("--address=") for a in sys.argv[1:]):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-from pahcl.config import ConfigError  # noqa: E402
-from pahcl.data.readers import DataSpecError, NoUsableRecordingsError  # noqa: E402
 
 META_NAME = "search_meta.json"
 ASHA_STATE = "asha_state.json"
@@ -430,7 +412,9 @@ def _init_ray(args, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "MLFLOW_DISABLE_TELEMETRY": "true"}}
+    from tune.environment import worker_env
+
+    env = {"env_vars": worker_env()}
     if args.address:
         ray.init(address=args.address, runtime_env=env, log_to_driver=True)
     else:
@@ -488,8 +472,17 @@ def _auth_for_address(args) -> None:
              f"({'RAY_AUTH_TOKEN' if os.environ.get('RAY_AUTH_TOKEN') else token_file}); set RAY_AUTH_MODE to override")
 
 
-def main(argv=None) -> dict[str, Any]:
+def main(argv=None, plugins: Sequence[Any] = (), tuner_factory: Callable | None = None) -> dict[str, Any]:
+    """One search (the CLI's work). ``plugins`` (tune/plugins.py) are added to those ``PAHCL_SEARCH_PLUGINS``
+    names; ``tuner_factory`` replaces ``build_tuner`` (same arguments) to run another Tuner on the same
+    trainable, checks and outputs."""
     args = parse_args(argv)
+    from tune.environment import setup_environment
+
+    setup_environment(local_ray=not args.address)  # before anything imports Ray
+    from tune.plugins import from_env as plugins_from_env
+
+    plugins = [*plugins, *plugins_from_env()]  # a bad PAHCL_SEARCH_PLUGINS fails here, before anything starts
     _auth_for_address(args)
     t_start = time.time()
     from tune.spaces import SpaceError, load_space, space_hash, space_path
@@ -628,15 +621,14 @@ def main(argv=None) -> dict[str, Any]:
         resuming = True
 
     import ray
-    from ray import tune
+    from ray import tune as ray_tune
 
+    from tune.plugins import tune_callbacks
     from tune.trainable import train_pahcl
 
-    from tune.faults import from_env as faults_from_env
-
-    # test-only fault hook (PAHCL_FAULTS): passed explicitly, trial workers do not see the driver's later env
-    faults = faults_from_env()
-    trainable = tune.with_resources(tune.with_parameters(train_pahcl, consts=consts, faults=faults), res.as_ray())
+    # plug-ins: passed explicitly, trial workers do not see the driver's later environment
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, consts=consts, plugins=plugins),
+                                        res.as_ray())
     total = int(meta["total_trials"])
     try:
         if resuming:
@@ -648,8 +640,9 @@ def main(argv=None) -> dict[str, Any]:
             _log(f"[resume] restored {exp_path}: finished trials are kept, unfinished ones continue from their "
                  "last checkpoint, ASHA rungs reloaded from asha_state.json")
         else:
-            tuner = _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id,
-                                 max_failures=args.max_failures)
+            tuner = (tuner_factory or build_tuner)(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
+                                                   search_id, max_failures=args.max_failures,
+                                                   callbacks=tune_callbacks(plugins))
         t_fit = time.time()
         grid = tuner.fit()
         fit_s = time.time() - t_fit
@@ -660,13 +653,16 @@ def main(argv=None) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2):
+def build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2,
+                callbacks=()):
+    """The service's Tuner: Optuna TPE (no repeats, seeds, concurrency limit) + PersistentASHA + the MLflow
+    end-of-trial callback, then ``callbacks`` (from plug-ins)."""
     import optuna
-    from ray import tune
+    from ray import tune as ray_tune
     from ray.tune.search import ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune.mlflow_utils import EndChildRunsCallback, InterruptAfterTrials
+    from tune.mlflow_utils import EndChildRunsCallback
     from tune.schedulers import PersistentASHA
     from tune.searchers import NoRepeatSearcher
 
@@ -681,16 +677,15 @@ def _build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
                                metric=space.metric, mode=space.mode)
     callbacks = [EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"],
                                       mlflow_ids["parent_run_id"], space.max_epochs,
-                                      asha_state=str(state_dir / ASHA_STATE)),
-                 InterruptAfterTrials()]
-    return tune.Tuner(
+                                      asha_state=str(state_dir / ASHA_STATE)), *callbacks]
+    return ray_tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(
+        tune_config=ray_tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
+                                        reuse_actors=True),
+        run_config=ray_tune.RunConfig(
             name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+            failure_config=ray_tune.FailureConfig(max_failures=max_failures), verbose=1),
     )
 
 

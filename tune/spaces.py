@@ -27,6 +27,7 @@ from pahcl.config import (
     read_yaml_mapping,
     set_dotted,
 )
+from pahcl.metrics import RANKABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "search_spaces"
@@ -40,7 +41,7 @@ RECOMMENDED_DEFAULTS: dict[str, Any] = {
 }
 
 # Epoch metrics the Trainer reports (docs/architecture.md) plus the raw losses (guarded below).
-KNOWN_METRICS = ("val/knn_acc", "val/knn_bal_acc", "val/align", "val/uniform", "train/loss")
+KNOWN_METRICS = RANKABLE
 RAW_LOSS_METRICS = ("loss", "train/loss", "loss_cycle", "loss_sub", "val/loss")
 # InfoNCE values are not comparable when the number of negatives changes.
 NEGATIVES_KEYS = ("model.queue_size", "model.use_moco")

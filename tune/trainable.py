@@ -1,6 +1,6 @@
 """The Ray Tune function trainable: one trial = one ``pahcl.train.Trainer`` run.
 
-    trainable = tune.with_parameters(train_pahcl, consts=consts)   # constants, not param_space
+    trainable = ray_tune.with_parameters(train_pahcl, consts=consts, plugins=plugins)   # constants, not param_space
 
 ``config`` (from the searcher) holds only the sampled dotted keys (plus ``__trial_index__`` when
 ``--seeds`` > 1: the seed index of this repeat). ``consts`` (a plain dict, see
@@ -21,22 +21,23 @@ older ``checkpoint_*`` dirs, else a clean restart (``restore_latest_good``, tag 
 a failure is recorded on the child run (tag ``pahcl.error``, FAILED); NaN loss and OOM after the step
 retries are marked non-retryable (``pahcl_nonretryable.json``) so Ray's retries fail at once; an
 unreachable MLflow store never stops training (one warning per trial, metrics buffered, spilled to
-``mlflow_unsent.jsonl`` in the trial dir before each report while it is down). ``faults`` (test-only,
-``tune/faults.py``) injects crashes / NaN / OOM / stalls inside the loop.
+``mlflow_unsent.jsonl`` in the trial dir before each report while it is down).
+
+Plug-ins (``tune/plugins.py``, passed by the driver as ``plugins``): each may add a ``pahcl.train`` callback
+to the trial (after the MLflow step logger, before the report) and observe the trial's events
+(``trial_start``, ``report``, ``reported``, ``error``, ``mlflow_warning``, ``mlflow_spilled``); the tests'
+fault injection (``tests/support/testkit/faults.py``) is one.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from ray import tune  # noqa: E402
+from ray import tune as ray_tune
 
 SEED_INDEX_KEY = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
 CONFIRM_KEY = "__confirm__"  # a confirmation run: its candidate label (a key of consts["confirm_points"])
@@ -191,31 +192,34 @@ def _logged_points(client, run_id: str | None, warn) -> dict[str, set[int]]:
         return {}
 
 
-def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
+def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None:
+    from tune.environment import setup_environment
+
+    setup_environment()
     from pahcl.config import build_config
     from pahcl.train import Callback, NonFiniteLossError, StepOutOfMemoryError, Trainer, prepare_data
-
-    from tune.faults import FaultInjector
 
     from tune.mlflow_utils import (
         BatchLogger, MLflowStepCallback, _client,
     )
+    from tune.plugins import TrialEvents, trial_hooks
 
     import torch
 
     torch.set_num_threads(max(1, int(consts.get("threads_per_trial") or 1)))
 
-    ctx = tune.get_context()
+    ctx = ray_tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     trial_dir = _storage_trial_dir()
     from tune.gpu import place_trial
 
-    injector = FaultInjector(faults, trial_id, str(trial_dir) if trial_dir else None) if faults else None
+    hooks = trial_hooks(plugins, trial_id, str(trial_dir) if trial_dir else None)
+    events = TrialEvents(hooks)  # the plug-ins' trial-event observers (falsy when there are none)
     nonretry = trial_dir / NONRETRYABLE if trial_dir else None
     if nonretry is not None and nonretry.exists():  # Ray retried a deterministic failure: fail fast, same reason
         reason = json.loads(nonretry.read_text()).get("reason", "?")
-        if injector:
-            injector.event("trial_start", resumed_from_epoch=None, refused=reason)
+        if events:
+            events("trial_start", resumed_from_epoch=None, refused=reason)
         raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
     candidate = config.get(CONFIRM_KEY)
     config = trial_config(config, consts)
@@ -239,8 +243,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
 
     def warn(msg: str) -> None:  # the logger calls this once per trial when the store is unreachable
         print(msg, flush=True)
-        if injector:
-            injector.event("mlflow_warning", message=msg[:300])
+        if events:
+            events("mlflow_warning", message=msg[:300])
 
     try:
         run_id = _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov, candidate)
@@ -276,24 +280,23 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
                 out.update(_score_test(trainer, train, val, test, cfg, client, run_id, logger))
             if logger.degraded and trial_dir is not None:  # store down: make the buffer durable before report
                 n = logger.spill(trial_dir / SPILL_NAME)
-                if injector and n:
-                    injector.event("mlflow_spilled", metrics=n)
-            if injector:  # the last report of a trial stopped there (ASHA, max_t) never returns
-                injector.event("report", epoch=int(trainer.epoch), step=int(trainer.global_step),
+                if events and n:
+                    events("mlflow_spilled", metrics=n)
+            if events:  # the last report of a trial stopped there (ASHA, max_t) never returns
+                events("report", epoch=int(trainer.epoch), step=int(trainer.global_step),
                                oom_retries=int(trainer.oom_retries))
             with tempfile.TemporaryDirectory(prefix="pahcl_ckpt_") as d:
                 trainer.save_checkpoint(Path(d) / CKPT_NAME)
-                tune.report(out, checkpoint=tune.Checkpoint.from_directory(d))
-            if injector:  # after report returned: the checkpoint of this epoch is persisted
-                injector.event("reported", epoch=int(trainer.epoch), step=int(trainer.global_step))
+                ray_tune.report(out, checkpoint=ray_tune.Checkpoint.from_directory(d))
+            if events:  # after report returned: the checkpoint of this epoch is persisted
+                events("reported", epoch=int(trainer.epoch), step=int(trainer.global_step))
 
-    callbacks = [step_cb, _Report()] + ([injector] if injector else [])
+    callbacks = [step_cb, *hooks, _Report()]
 
     def make_trainer():
-        tr = Trainer(cfg, train, val, callbacks=callbacks, out_dir=None, log=print)
-        return injector.attach(tr) if injector else tr
+        return Trainer(cfg, train, val, callbacks=callbacks, out_dir=None, log=print)
 
-    ckpt = tune.get_checkpoint()
+    ckpt = ray_tune.get_checkpoint()
     trainer, used, skipped = restore_latest_good(make_trainer, ckpt, print)
     if ckpt is not None:
         tag("pahcl.resumed_from_epoch", str(trainer.epoch))
@@ -302,8 +305,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
         if skipped:
             tag("pahcl.resume_fallback", (f"resumed from {Path(used).name}" if used else "restarted from scratch")
                 + f"; refused: {' | '.join(skipped)}"[:4900])
-    if injector:
-        injector.event("trial_start", resumed_from_epoch=trainer.epoch if ckpt is not None else None,
+    if events:
+        events("trial_start", resumed_from_epoch=trainer.epoch if ckpt is not None else None,
                        checkpoint=Path(used).name if used else None, skipped=len(skipped))
     t0 = time.perf_counter()
     try:
@@ -311,8 +314,8 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
     except Exception as e:  # NOT BaseException: a trial stopped by ASHA/Ray gets SystemExit(0) from
         # tune.report (ray.train._internal.session, stop_event -> sys.exit(0)); that is no failure
         reason = f"{type(e).__name__}: {e}"
-        if injector:
-            injector.event("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
+        if events:
+            events("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
         if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError) + DETERMINISTIC_ERRORS):
             _mark_nonretryable(nonretry, reason, step=trainer.global_step)
         spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
@@ -322,11 +325,11 @@ def train_pahcl(config: dict, consts: dict, faults: dict | None = None) -> None:
                 client.set_terminated(run_id, status="FAILED")
             except Exception as me:  # noqa: BLE001 - MLflow down: the error still reaches Ray
                 print(f"[mlflow] could not record the failure of trial {trial_id}: {me}")
-        if injector and spilled:
-            injector.event("mlflow_spilled", metrics=spilled)
+        if events and spilled:
+            events("mlflow_spilled", metrics=spilled)
         raise
     spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
-    if injector and spilled:
-        injector.event("mlflow_spilled", metrics=spilled)
+    if events and spilled:
+        events("mlflow_spilled", metrics=spilled)
     if not logger.degraded:
         tag("pahcl.train_seconds", f"{time.perf_counter() - t0:.1f}")

@@ -7,8 +7,8 @@ Contract (docs/architecture.md):
     out["k"]                      # N×C  normalised key of view 2 (key encoder, no grad; MoCo only)
     out["sub1"], out["sub2"]      # N×4×Cs normalised substructure embeddings
     loss = hierarchical_loss(out, cfg.loss, queue=model.queue if moco else None)["loss"]
-    loss.backward(); opt.step(); model._momentum_update()   # after every optimizer step
-    model._dequeue_and_enqueue(out["k"])                    # after each micro-batch's loss
+    loss.backward(); opt.step(); model.momentum_update()    # after every optimizer step
+    model.dequeue_and_enqueue(out["k"])                     # after each micro-batch's loss
 
 No batch statistics anywhere (GroupNorm/LayerNorm): single-device MoCo needs no shuffle-BN.
 Devices follow the inputs / ``model.to(device)``; nothing here calls ``.cuda()``.
@@ -105,9 +105,9 @@ class PAHCL(nn.Module):
             raise RuntimeError(f"PAHCL.{what}: model.use_moco is false (no key encoder / queue)")
 
     @torch.no_grad()
-    def _momentum_update(self) -> None:
+    def momentum_update(self) -> None:
         """θk <- m·θk + (1−m)·θq for encoder + projector params; buffers copied."""
-        self._require_moco("_momentum_update")
+        self._require_moco("momentum_update")
         m = self.momentum
         for pq, pk in zip(self._query_params(), self._key_params()):
             pk.mul_(m).add_(pq.detach() * (1.0 - m))
@@ -116,9 +116,9 @@ class PAHCL(nn.Module):
                 bk.copy_(bq)
 
     @torch.no_grad()
-    def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
+    def dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
         """Write keys (n×C) into the C×K ring buffer at queue_ptr; wraps; n > K keeps the last K."""
-        self._require_moco("_dequeue_and_enqueue")
+        self._require_moco("dequeue_and_enqueue")
         keys = keys.detach().to(self.queue.dtype)
         n, K = keys.shape[0], self.queue.shape[1]
         if n == 0:

@@ -39,7 +39,6 @@ def test_preprocess_throughput_smoke(tmp_path):
 def test_preprocess_extrapolation_uses_the_matching_rate():
     """CirCor at circor_tiny's rate per audio second, PhysioNet 2016 at the auto-segmented (Yaseen) rate, both
     for circor_tiny's mean recording duration."""
-    sys.path.insert(0, str(REPO / "bench"))
     from preprocess_throughput import summarise
 
     runs = [{"spec": "circor:c", "workers": 1, "wall_s": 1.0, "recordings_per_s": 10.0, "audio_s_per_s": 200.0,

@@ -40,7 +40,6 @@ def test_gpu_check_cpu_dry_run_measures_every_part(smoke):
 
 
 def test_run_all_renders_gpu_check(smoke):
-    sys.path.insert(0, str(REPO / "bench"))
     import run_all
 
     assert "**Not run**" in run_all.sec_gpu(None)

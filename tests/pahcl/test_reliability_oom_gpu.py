@@ -1,5 +1,5 @@
 """GPU variant of the OOM reliability test (skipped without CUDA): a REAL CUDA out-of-memory error,
-raised by the caching allocator inside the real optimizer step (``tune.faults`` ``oom`` with
+raised by the caching allocator inside the real optimizer step (``testkit.faults`` ``oom`` with
 ``real: true`` asks for a 1 PiB tensor in the forward pass), is retried a bounded number of times with the
 failed attempt's memory released, then fails with ``StepOutOfMemoryError``; allocated memory is back at
 (or below) its level after the last good step, and the next run on the same GPU trains normally.
@@ -28,7 +28,7 @@ class _Mem(Callback):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_cuda_oom_bounded_retries_memory_released_next_run_trains(tmp_path):
-    from tune.faults import FaultInjector, count
+    from testkit.faults import FaultInjector, count
 
     cfg = load_config(preset="tiny", overrides={
         "training.device": "cuda", "training.max_steps_per_epoch": 2, "training.num_epochs": 2,
@@ -38,7 +38,7 @@ def test_real_cuda_oom_bounded_retries_memory_released_next_run_trains(tmp_path)
     spec = {"faults": [{"kind": "oom", "at_step": 1, "times": 3, "real": True, "marker": str(marker)}]}
     mem, logs = _Mem(), []
     inj = FaultInjector(spec, "gpu-trial-1")
-    trainer = inj.attach(Trainer(cfg, train, val, callbacks=[mem], log=logs.append))
+    trainer = Trainer(cfg, train, val, callbacks=[mem, inj], log=logs.append)
     with pytest.raises(StepOutOfMemoryError, match="out of memory at optimizer step 1 after 2 retries") as ei:
         trainer.fit()
     assert "CUDA out of memory" in str(ei.value) or "Tried to allocate" in str(ei.value), str(ei.value)
@@ -56,20 +56,20 @@ def test_real_cuda_oom_bounded_retries_memory_released_next_run_trains(tmp_path)
     gc.collect()
     torch.cuda.empty_cache()
     # the next trial on the same GPU: the fault is exhausted (marker), training completes
-    t2 = FaultInjector(spec, "gpu-trial-2").attach(Trainer(cfg, train, val, log=lambda m: None))
+    t2 = Trainer(cfg, train, val, callbacks=[FaultInjector(spec, "gpu-trial-2")], log=lambda m: None)
     last = t2.fit()
     assert t2.epoch == 2 and t2.oom_retries == 0 and last["epoch"] == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_cuda_oom_once_is_recovered(tmp_path):
-    from tune.faults import FaultInjector
+    from testkit.faults import FaultInjector
 
     cfg = load_config(preset="tiny", overrides={
         "training.device": "cuda", "training.max_steps_per_epoch": 2, "training.num_epochs": 1,
         "training.warmup_epochs": 1, "data.sample_rate": 2000, "model.queue_size": 32})
     train, val = prepare_data(cfg, "synthetic:8", cache_dir=tmp_path / "cache", log=lambda m: None)
     spec = {"faults": [{"kind": "oom", "at_step": 1, "times": 1, "real": True, "marker": str(tmp_path / "m")}]}
-    tr = FaultInjector(spec, "t").attach(Trainer(cfg, train, val, log=lambda m: None))
+    tr = Trainer(cfg, train, val, callbacks=[FaultInjector(spec, "t")], log=lambda m: None)
     tr.fit()
     assert tr.global_step == 2 and tr.oom_retries == 1

@@ -73,14 +73,14 @@ def test_gradient_accumulation_equals_mean_of_micro_batch_grads(data, moco):
         for r, p in zip(ref, params):
             r += p.grad / k
         if moco:
-            tr.model._dequeue_and_enqueue(out["k"])
+            tr.model.dequeue_and_enqueue(out["k"])
     if moco:
         tr.model.queue.copy_(queue0)
         tr.model.queue_ptr.copy_(ptr0)
 
     tr.optimizer.step = lambda *a, **kw: None  # keep the accumulated grads, do not move the weights
     if moco:
-        tr.model._momentum_update = lambda: None
+        tr.model.momentum_update = lambda: None
     m = tr._optimizer_step(batches, 0, last_in_epoch=False)
     for r, p in zip(ref, params):
         # fp32 sums in a different order: compare relative to each tensor's norm
@@ -205,3 +205,43 @@ def test_cli_smoke_and_resume(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs"] == 3 and summary["steps"] == 6
     assert len((out / "metrics.csv").read_text().strip().splitlines()) == 4
+
+
+class InStep(Callback):
+    """The in-step hooks: records (step, micro-batch) and the losses seen; optionally replaces a loss or raises."""
+
+    def __init__(self, nan_at_step=None, oom_at_step=None):
+        self.starts, self.losses, self.nan_at_step, self.oom_at_step = [], [], nan_at_step, oom_at_step
+
+    def on_micro_batch_start(self, trainer, index):
+        self.starts.append((trainer.global_step, index))
+        if trainer.global_step == self.oom_at_step:
+            self.oom_at_step = None  # once: the retried step succeeds
+            raise torch.OutOfMemoryError("injected by the test")
+
+    def on_loss(self, trainer, losses):
+        self.losses.append(float(losses["loss"].detach()))
+        if trainer.global_step == self.nan_at_step:
+            return {**losses, "loss_sub": losses["loss_sub"] * float("nan")}
+        return None
+
+
+def test_in_step_hooks_see_every_micro_batch_and_can_replace_the_loss(data):
+    cfg = tiny(**{"model.use_moco": True, "training.gradient_accumulation_steps": 2, "training.num_epochs": 1})
+    hook, rec = InStep(), Record()
+    Trainer(cfg, data[0], None, callbacks=[hook, rec], log=None).fit()
+    assert hook.starts == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 2 steps x 2 micro-batches, before each forward
+    assert len(hook.losses) == 4 and all(math.isfinite(v) for v in hook.losses)
+    assert [m["loss"] for m in rec.steps] == pytest.approx([np.mean(hook.losses[:2]), np.mean(hook.losses[2:])])
+
+    with pytest.raises(NonFiniteLossError, match="loss_sub = nan at optimizer step 1"):  # the replaced loss is checked
+        Trainer(cfg, data[0], None, callbacks=[InStep(nan_at_step=1)], log=None).fit()
+
+
+def test_out_of_memory_raised_by_a_hook_is_retried_like_a_real_one(data):
+    cfg = tiny(**{"training.num_epochs": 1})
+    hook, logs = InStep(oom_at_step=1), []
+    tr = Trainer(cfg, data[0], None, callbacks=[hook], log=logs.append)
+    tr.fit()
+    assert tr.global_step == 2 and tr.oom_retries == 1
+    assert hook.starts == [(0, 0), (1, 0), (1, 0)] and sum("retrying the step" in m for m in logs) == 1

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from testkit import pythonpath
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
@@ -36,7 +33,7 @@ def ray_session():
     """One local Ray for all tests that need it (run_search.main joins it and leaves it running)."""
     import ray
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    os.environ["PYTHONPATH"] = pythonpath()  # tests/support first: trial workers unpickle plug-ins (testkit)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "MLFLOW_DISABLE_TELEMETRY": "true"}})
     yield ray

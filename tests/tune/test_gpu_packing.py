@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testkit.faults import env_vars
 from tune_helpers import BASE_SPACE, REPO_ROOT, descendants, write_space
 
 RUN = [sys.executable, str(REPO_ROOT / "tune" / "run_search.py")]
@@ -42,8 +43,7 @@ def _space(tmp_path: Path, name: str, n: int, gpus) -> Path:
 
 def _env(sim: dict) -> dict:
     env = dict(os.environ, PAHCL_SIMULATED_GPU=json.dumps(sim), OMP_NUM_THREADS="1",
-               PAHCL_FAULTS=json.dumps([{"kind": "stall", "at_step": 0, "seconds": STALL_S}]))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+               **env_vars([{"kind": "stall", "at_step": 0, "seconds": STALL_S}]))
     return env
 
 

@@ -12,7 +12,6 @@ import json
 
 import pytest
 
-from tune_helpers import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
 
 INHERITED = {
     "simclr_stage1": {"training.learning_rate": 1e-3, "training.warmup_epochs": 10, "training.batch_size": 64,

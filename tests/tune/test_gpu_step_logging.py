@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from tune_helpers import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
 
 
 @pytest.mark.parametrize("use_moco", [False, True], ids=["simclr", "moco"])

@@ -30,7 +30,6 @@ pytestmark = pytest.mark.slow
 _DRIVER = r"""
 import math, os, sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 import tune.run_search as rs
 import tune.mlflow_utils, tune.resources, tune.spaces, tune.trainable, pahcl.train  # noqa: F401
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (alembic: the migration code)
@@ -57,7 +56,7 @@ def test_two_searches_started_together_on_a_fresh_folder(space_file, tmp_path):
                        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
                        inherit={"from": "stage0", "params": ["training.learning_rate"]},
                        fixed={**BASE_SPACE["fixed"], "training.warmup_epochs": 2})
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MLFLOW_DISABLE_TELEMETRY="true")
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("MLFLOW_TRACKING_URI", None)
     barrier = tmp_path / "barrier"
     barrier.mkdir()

@@ -72,7 +72,9 @@ def _cmd(pid: int) -> str:
 
 RAY_DRIVER = """
 import sys
-import tune.run_search as rs   # sets the service's environment for a local Ray before Ray is imported
+import tune.run_search as rs
+from tune.environment import setup_environment
+setup_environment(local_ray=True)   # the service's environment for a local Ray, before Ray is imported
 rs._init_ray(rs.parse_args(["--space", "moco_stage2"]), num_cpus=1)
 import ray
 assert ray.get(ray.remote(lambda: 1).remote()) == 1   # a worker process is up too
@@ -84,7 +86,7 @@ ray.shutdown()
 
 @pytest.mark.slow
 def test_local_ray_and_mlflow_server_listen_on_loopback_only(tmp_path, free_port):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MLFLOW_DISABLE_TELEMETRY="true")
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     ray_proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(tmp_path),

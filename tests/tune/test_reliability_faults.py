@@ -1,5 +1,5 @@
 """Reliability: faults injected INSIDE real trials (real Ray local cluster, Optuna, MLflow sqlite store),
-driven by ``tune/faults.py`` (``PAHCL_FAULTS``) with marker/counter files and an event log, as Ray's
+driven by ``tests/support/testkit/faults.py`` (``PAHCL_FAULTS``, plugged in with ``PAHCL_SEARCH_PLUGINS``) with marker/counter files and an event log, as Ray's
 own ``test_tuner_restore.py`` does. One shared local Ray (``ray_session``); tiny preset, 2 optimizer
 steps per epoch.
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tune.faults import count, read_events
+from testkit.faults import count, env_vars, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,8 @@ def faults(tmp_path, monkeypatch):
     log = tmp_path / "events.jsonl"
 
     def set_(fault_list):
-        monkeypatch.setenv("PAHCL_FAULTS", json.dumps(fault_list))
-        monkeypatch.setenv("PAHCL_FAULTS_LOG", str(log))
+        for k, v in env_vars(fault_list, log).items():
+            monkeypatch.setenv(k, v)
         return log
 
     return set_

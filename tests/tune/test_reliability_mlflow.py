@@ -15,7 +15,7 @@ import pytest
 
 from tune_helpers import wait_for_health
 
-from tune.faults import read_events
+from testkit.faults import env_vars, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +104,8 @@ def test_tracking_server_outage_does_not_stop_the_search(ray_session, space_file
 
     proc, base = mlflow_server_proc
     log = tmp_path / "events.jsonl"
-    monkeypatch.setenv("PAHCL_FAULTS", "[]")  # no fault: the event log only
-    monkeypatch.setenv("PAHCL_FAULTS_LOG", str(log))
+    for k, v in env_vars([], log).items():  # no fault: the event log only
+        monkeypatch.setenv(k, v)
     killed = {}
 
     def killer():  # kill the server once the first epoch was reported (result file, no fixed sleep)

@@ -3,7 +3,7 @@ trials; none duplicated, finished ones not re-run; a changed space file is refus
 are options ``--resume`` would ignore; the trial resumed mid-epoch logs every step and epoch to MLflow once.
 
 The first driver is the real CLI (``tune/run_search.py``, its own local Ray) started with Popen; the kill
-is timed from files (the trial event log of ``tune/faults.py`` and Ray's experiment-state file), not sleeps.
+is timed from files (the trial event log of ``tests/support/testkit/faults.py`` and Ray's experiment-state file), not sleeps.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 
 from tune_helpers import REPO_ROOT, descendants
 
-from tune.faults import read_events
+from testkit.faults import env_vars, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,7 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
     # unfinished at the kill, mid-epoch: its step-3 point is already in MLflow (background flush), and the
     # resumed trial re-runs step 3 from its epoch-1 checkpoint (before the fix: logged twice)
     stall = [{"kind": "stall", "at_step": STEPS_PER_EPOCH + 1, "seconds": 240, "marker": str(tmp_path / "stall")}]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PAHCL_FAULTS=json.dumps(stall), PAHCL_FAULTS_LOG=str(log),
-               MLFLOW_DISABLE_TELEMETRY="true")
+    env = dict(os.environ, **env_vars(stall, log), MLFLOW_DISABLE_TELEMETRY="true")
     t0 = time.time()
     drv = subprocess.Popen([sys.executable, str(REPO_ROOT / "tune" / "run_search.py"), "--space", str(space),
                             "--results-dir", str(results)], env=env, cwd=str(tmp_path), start_new_session=True,
@@ -136,8 +135,8 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples(ray_session, space_file
             "max-failures=2, seeds=1). Drop them to resume, or start a new search without --resume") in err, err
     assert not [e for e in read_events(log) if e["t"] >= t_kill], "nothing may start"
 
-    monkeypatch.setenv("PAHCL_FAULTS", json.dumps(stall))  # exhausted (marker): nothing fires again
-    monkeypatch.setenv("PAHCL_FAULTS_LOG", str(log))
+    for k, v in env_vars(stall, log).items():  # exhausted (marker): nothing fires again
+        monkeypatch.setenv(k, v)
     res = main(["--space", str(space), "--results-dir", str(results), "--resume", "--data", "synthetic:40",
                 "--max-epochs", str(MAX_EPOCHS)])  # the values it started with: accepted
     assert res["exit_code"] == 0 and not res["interrupted"]

@@ -19,7 +19,7 @@ import pytest
 
 from tune_helpers import REPO_ROOT
 
-from tune.faults import read_events
+from testkit.faults import env_vars, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ SHARED_CIRCOR = REPO_ROOT.parent / "shared" / "data" / "circor_tiny"
 
 
 def _cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAHCL_FAULTS")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAHCL_FAULTS", "PAHCL_SEARCH_PLUGINS"))}
     return subprocess.run([sys.executable, "tune/run_search.py", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -63,8 +63,8 @@ def test_every_trial_failing_exits_1_with_the_first_error_and_no_best(ray_sessio
     from tune.run_search import main
 
     log = tmp_path / "events.jsonl"
-    monkeypatch.setenv("PAHCL_FAULTS", json.dumps([{"kind": "user_error", "at_step": 0}]))  # every trial
-    monkeypatch.setenv("PAHCL_FAULTS_LOG", str(log))
+    for k, v in env_vars([{"kind": "user_error", "at_step": 0}], log).items():  # every trial
+        monkeypatch.setenv(k, v)
     space = space_file(num_samples=2, max_epochs=2)
     res = main(["--space", str(space), "--results-dir", str(tmp_path / "results")])  # --max-failures 2
     assert res["exit_code"] == 1 and res["failed"]
@@ -84,7 +84,7 @@ def test_every_trial_failing_exits_1_with_the_first_error_and_no_best(ray_sessio
 def test_cli_prints_one_line_and_exits_1_when_no_trial_produced_the_metric(tmp_path, space_file):
     space = space_file(num_samples=1, max_epochs=1, scheduler={"type": "asha", "grace_period": 1,
                                                                "reduction_factor": 2})
-    env = dict(os.environ, PAHCL_FAULTS=json.dumps([{"kind": "user_error", "at_step": 0}]))
+    env = dict(os.environ, **env_vars([{"kind": "user_error", "at_step": 0}]))
     p = subprocess.run([sys.executable, "tune/run_search.py", "--space", str(space), "--results-dir",
                         str(tmp_path / "r"), "--max-failures", "0"], cwd=REPO_ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
@@ -116,7 +116,7 @@ def test_sigterm_ends_the_search_like_ctrl_c_and_closes_the_parent_run(tmp_path,
     log = tmp_path / "events.jsonl"
     space = space_file(num_samples=2, max_epochs=2)
     stall = [{"kind": "stall", "at_step": 1, "seconds": 120, "marker": str(tmp_path / "stall")}]
-    env = dict(os.environ, PAHCL_FAULTS=json.dumps(stall), PAHCL_FAULTS_LOG=str(log))
+    env = dict(os.environ, **env_vars(stall, log))
     drv = subprocess.Popen([sys.executable, "tune/run_search.py", "--space", str(space), "--results-dir",
                             str(tmp_path / "r")], cwd=REPO_ROOT, env=env, stdout=open(tmp_path / "drv.log", "w"),
                            stderr=subprocess.STDOUT)

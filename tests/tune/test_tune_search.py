@@ -150,8 +150,10 @@ def test_interrupted_search_resumes_to_exactly_num_samples(ray_session, space_fi
     space = space_file(num_samples=2, max_epochs=3)
     results = tmp_path / "results"
     args = ["--space", str(space), "--results-dir", str(results), "--seeds", "2"]
+    from testkit.interrupt import InterruptPlugin
+
     monkeypatch.setenv("PAHCL_TUNE_INTERRUPT_AFTER", "2")
-    first = main(args)
+    first = main(args, plugins=[InterruptPlugin()])
     monkeypatch.delenv("PAHCL_TUNE_INTERRUPT_AFTER")
     assert first["interrupted"] and first["exit_code"] == 3
     exp_path = Path(first["exp_path"])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -10,8 +9,6 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 # Small, fast, deterministic setup shared by the Ray tests: tiny preset, synthetic:40 (both classes of
 # the validation patients appear in training, so val/knn_acc varies), 2 optimizer steps per epoch.

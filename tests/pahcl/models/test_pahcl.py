@@ -59,7 +59,7 @@ def test_key_encoder_gets_no_grads_and_enqueue_before_backward_is_safe():
     assert all(not p.requires_grad for p in [*m.encoder_k.parameters(), *m.projector_k.parameters()])
     out = m(*_batch())
     res = hierarchical_loss(out, cfg.loss, queue=m.queue)
-    m._dequeue_and_enqueue(out["k"])  # in-place queue write before backward: loss cloned the queue
+    m.dequeue_and_enqueue(out["k"])  # in-place queue write before backward: loss cloned the queue
     res["loss"].backward()
     assert all(p.grad is None for p in [*m.encoder_k.parameters(), *m.projector_k.parameters()])
     assert all(p.grad is not None for p in m.projector.parameters())
@@ -84,7 +84,7 @@ def test_momentum_update_is_exact_ema():
             p.add_(torch.randn_like(p) * 0.1)
     q = [p.detach().clone() for p in [*m.encoder.parameters(), *m.projector.parameters()]]
     k = [p.detach().clone() for p in [*m.encoder_k.parameters(), *m.projector_k.parameters()]]
-    m._momentum_update()
+    m.momentum_update()
     k_new = [*m.encoder_k.parameters(), *m.projector_k.parameters()]
     assert len(k_new) == len(q) > 0
     for kq, kk, kn in zip(q, k, k_new):
@@ -101,7 +101,7 @@ def test_queue_wraps_around(K, n_batches, bs):
     ptr, written = 0, 0
     for i in range(n_batches):
         keys = torch.nn.functional.normalize(torch.randn(bs, C), dim=1)
-        m._dequeue_and_enqueue(keys)
+        m.dequeue_and_enqueue(keys)
         for j in range(bs):  # reference: one key at a time into a ring buffer
             expected[:, (ptr + j) % K] = keys[j]
         ptr = (ptr + bs) % K
@@ -114,7 +114,7 @@ def test_queue_wraps_around(K, n_batches, bs):
 def test_queue_fill_and_warning():
     m = PAHCL(_cfg(queue_size=64).model)
     assert m.queue_fill() == 0.0
-    m._dequeue_and_enqueue(torch.randn(8, m.queue.shape[0]))
+    m.dequeue_and_enqueue(torch.randn(8, m.queue.shape[0]))
     assert m.queue_fill() == pytest.approx(8 / 64)
     with pytest.warns(UserWarning, match="queue_size=64 exceeds"):
         assert m.warn_if_queue_exceeds(50)
@@ -134,7 +134,7 @@ def test_drift_zero_at_init_positive_after_step():
     out = m(*_batch())
     hierarchical_loss(out, cfg.loss, queue=m.queue)["loss"].backward()
     opt.step()
-    m._momentum_update()
+    m.momentum_update()
     d = m.drift()
     assert all(v > 0 for v in d.values()), d
     assert all(v < 1 for v in d.values()), d
@@ -144,7 +144,7 @@ def test_state_dict_round_trip():
     torch.manual_seed(0)
     cfg = _cfg()
     a = PAHCL(cfg.model)
-    a._dequeue_and_enqueue(torch.randn(3, cfg.model.proj_output_dim))
+    a.dequeue_and_enqueue(torch.randn(3, cfg.model.proj_output_dim))
     b = PAHCL(cfg.model)
     b.load_state_dict(a.state_dict(), strict=True)
     assert int(b.queue_ptr) == 3 and b.queue_fill() == a.queue_fill()

@@ -1,6 +1,7 @@
 """Measure what MLflow step logging costs the training loop.
 
-    .venv/bin/python -m tune.bench_logging [--preset tiny] [--steps 60] [--log-interval 1] [--flush-seconds 5]
+    .venv/bin/python bench/mlflow_logging.py [--preset tiny] [--steps 60] [--log-interval 1] [--flush-seconds 5]
+    .venv/bin/python bench/mlflow_logging.py --smoke-test      # 6 steps, 1 A/B pair (seconds): it runs
 
 Runs one epoch of ``--steps`` optimizer steps of the real Trainer on synthetic:40 twice: without any
 logging callback, then with the search's ``MLflowStepCallback`` + ``BatchLogger`` writing to a fresh
@@ -17,14 +18,9 @@ every one of them.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def main(argv=None) -> dict:
@@ -36,13 +32,19 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default="synthetic:40")
     p.add_argument("--sync", action="store_true", help="flush on the training thread (no background flusher)")
     p.add_argument("--repeats", type=int, default=2, help="A/B pairs (the A/B number is the median)")
+    p.add_argument("--smoke-test", action="store_true", help="6 steps, 1 pair: checks that it runs")
     a = p.parse_args(argv)
+    if a.smoke_test:
+        a.steps, a.repeats = 6, 1
 
     import torch
 
     from pahcl.config import load_config
     from pahcl.train import Trainer, prepare_data
+    from tune.environment import setup_environment
     from tune.mlflow_utils import BatchLogger, MLflowStepCallback, _client, ensure_experiment, local_tracking_uri
+
+    setup_environment()
 
     torch.set_num_threads(1)
     ov = {"training.num_epochs": 1, "training.max_steps_per_epoch": a.steps, "training.warmup_epochs": 0,

@@ -1,18 +1,22 @@
-"""Test-only fault injection for the search service (never active unless ``PAHCL_FAULTS`` is set).
+"""Test-only fault injection for the search service, plugged in without patching anything.
 
 The reliability tests (``tests/tune/test_reliability_*.py``) inject faults INSIDE the real training
-loop of real Ray trials and count what happened through files, not mocks:
+loop of real Ray trials and count what happened through files, not mocks. They turn it on with
+:func:`env_vars` (or ``monkeypatch.setenv`` of what it returns):
 
+    PAHCL_SEARCH_PLUGINS=testkit.faults:plugin     # the service's generic plug-in point (tune/plugins.py)
+    PYTHONPATH=<repo>/tests/support:...             # drivers and Ray workers import this module
     PAHCL_FAULTS='[{"kind": "crash", "at_epoch": 2, "marker": "/abs/crash.marker"},
                    {"kind": "nan", "at_step": 3, "marker": "/abs/nan.marker"},
                    {"kind": "oom", "at_step": 2, "times": 3, "marker": "/abs/oom.count"}]'
     PAHCL_FAULTS_LOG=/abs/events.jsonl      # optional: one JSON line per trial start / epoch / fault
 
-The driver (``tune/run_search.py``) reads both variables when it builds the trainable and passes them
-to every trial with ``tune.with_parameters`` (Ray trial workers do NOT see variables set in the driver
-after ``ray.init``: the raylet forks them with the environment it was started with). The trainable
-hands them to :class:`FaultInjector`, a ``pahcl.train`` callback that also wraps the trainer's
-``_forward_loss`` so faults fire inside an optimizer step.
+The driver (``tune/run_search.py``) calls :func:`plugin` once, which reads both variables and returns a
+:class:`FaultPlan`; the driver passes it to every trial with ``tune.with_parameters`` (Ray trial workers do
+NOT see variables set in the driver after ``ray.init``: the raylet forks them with the environment it was
+started with). In each trial the plan's ``trial_hooks`` builds a :class:`FaultInjector`: a
+``pahcl.train.Callback`` whose ``on_micro_batch_start`` / ``on_loss`` hooks fire the faults inside an
+optimizer step, and whose ``event`` receives the trainable's trial events (start, report, error, ...).
 
 Fault kinds (``at_step`` k = the trainer's ``global_step`` when the step starts, i.e. the step number
 ``NonFiniteLossError`` names; ``at_epoch`` e = completed epochs, so the fault fires in the first step
@@ -45,8 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testkit import pythonpath
+
 ENV = "PAHCL_FAULTS"
 LOG_ENV = "PAHCL_FAULTS_LOG"
+PLUGINS_ENV = "PAHCL_SEARCH_PLUGINS"  # tune.plugins.ENV (not imported: tests/pahcl imports nothing from tune)
+PLUGIN_SPEC = "testkit.faults:plugin"
 KINDS = ("crash", "nan", "oom", "stall", "user_error")
 _KEYS = {"kind", "at_step", "at_epoch", "marker", "times", "corrupt_checkpoint", "payload_marker", "real", "seconds"}
 
@@ -162,8 +170,9 @@ def corrupt_checkpoints(trial_dir, how: str, name: str = "checkpoint.pt", payloa
 
 
 class FaultInjector:
-    """A ``pahcl.train`` callback (duck-typed: ``on_step_end``/``on_epoch_end``) plus a wrapper around
-    ``trainer._forward_loss``. Built by the trainable only when faults were configured."""
+    """A ``pahcl.train`` callback that fires the configured faults inside the optimizer step
+    (``on_micro_batch_start``: crash / user_error / stall / oom; ``on_loss``: nan) and logs the trial's
+    events (``event``, called by the trainable)."""
 
     def __init__(self, spec: dict | None, trial_id: str = "?", trial_dir: str | None = None):
         spec = spec or {}
@@ -175,33 +184,13 @@ class FaultInjector:
     def event(self, event: str, **info) -> None:
         record(self.log, event, trial_id=self.trial_id, **info)
 
-    def attach(self, trainer):
-        """Wrap ``trainer._forward_loss``; returns the trainer."""
-        if not self.faults:
-            return trainer
-        orig = trainer._forward_loss
-
-        def forward_loss(batch, _orig=orig, _tr=trainer):
-            self._before_forward(_tr)
-            out, losses = _orig(batch)
-            for f in self.faults:
-                if f["kind"] == "nan" and self._due(f, _tr) and _claim(f):
-                    self.event("fault", kind="nan", step=_tr.global_step, epoch=_tr.epoch)
-                    losses = dict(losses)
-                    losses["loss_sub"] = losses["loss_sub"] * float("nan")
-                    losses["loss"] = losses["loss"] + losses["loss_sub"]
-            return out, losses
-
-        trainer._forward_loss = forward_loss
-        return trainer
-
     @staticmethod
     def _due(f: dict, tr) -> bool:
         if "at_step" in f:
             return tr.global_step == int(f["at_step"])
         return tr.epoch >= int(f["at_epoch"])
 
-    def _before_forward(self, tr) -> None:
+    def on_micro_batch_start(self, tr, index: int) -> None:
         for f in self.faults:
             if f["kind"] == "crash" and self._due(f, tr) and _claim(f):
                 damaged = []
@@ -226,8 +215,39 @@ class FaultInjector:
                     torch.empty(1 << 50, dtype=torch.uint8, device=tr.device)  # 1 PiB: the allocator raises
                 raise torch.OutOfMemoryError(f"injected: CUDA out of memory at step {tr.global_step}")
 
-    def on_epoch_end(self, trainer, metrics) -> None:  # the report itself is logged by the trainable
-        pass
+    def on_loss(self, tr, losses: dict) -> dict:
+        for f in self.faults:
+            if f["kind"] == "nan" and self._due(f, tr) and _claim(f):
+                self.event("fault", kind="nan", step=tr.global_step, epoch=tr.epoch)
+                losses = dict(losses)
+                losses["loss_sub"] = losses["loss_sub"] * float("nan")
+                losses["loss"] = losses["loss"] + losses["loss_sub"]
+        return losses
 
-    def on_step_end(self, trainer, metrics) -> None:
-        pass
+
+class FaultPlan:
+    """The search plug-in (``tune/plugins.py``): picklable, built in the driver, sent to every trial; each
+    trial gets its own :class:`FaultInjector` (Trainer callback + event log)."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def trial_hooks(self, trial_id: str, trial_dir: str | None):
+        return FaultInjector(self.spec, trial_id, trial_dir)
+
+
+def plugin() -> FaultPlan | None:
+    """``PAHCL_SEARCH_PLUGINS=testkit.faults:plugin``: the faults of ``PAHCL_FAULTS`` / ``PAHCL_FAULTS_LOG``
+    (read in the driver), or None when neither is set."""
+    spec = from_env()
+    return FaultPlan(spec) if spec else None
+
+
+def env_vars(faults: list | None = None, log=None, environ=None) -> dict[str, str]:
+    """The environment that turns fault injection on in a search (in-process or a driver subprocess)."""
+    out = {PLUGINS_ENV: PLUGIN_SPEC, "PYTHONPATH": pythonpath(environ)}
+    if faults is not None:
+        out[ENV] = json.dumps(faults)
+    if log is not None:
+        out[LOG_ENV] = str(log)
+    return out
