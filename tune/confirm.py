@@ -57,7 +57,7 @@ def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: st
         log: Callable[[str], None], max_failures: int = 2):
     """Train every (candidate, seed) to max_epochs with the search's trainable; returns Ray's ResultGrid.
     A search resumed after the confirmation started continues the same Ray experiment."""
-    from ray import tune
+    from ray import tune as ray_tune
     from ray.tune import Tuner
 
     from tune.mlflow_utils import EndChildRunsCallback
@@ -65,7 +65,7 @@ def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: st
 
     pts = points(cands, seeds)
     c_consts = {**consts, "confirm_points": pts}
-    trainable = tune.with_resources(tune.with_parameters(train_pahcl, consts=c_consts), resources.as_ray())
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, consts=c_consts), resources.as_ray())
     name = f"{search_id}-confirm"
     path = ray_dir / name
     if Tuner.can_restore(str(path)):
@@ -74,13 +74,13 @@ def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: st
     else:
         cb = EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"], mlflow_ids["parent_run_id"],
                                   space.max_epochs)
-        tuner = tune.Tuner(
-            trainable, param_space={CONFIRM_KEY: tune.grid_search(list(pts))},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=space.max_concurrent_trials,
+        tuner = ray_tune.Tuner(
+            trainable, param_space={CONFIRM_KEY: ray_tune.grid_search(list(pts))},
+            tune_config=ray_tune.TuneConfig(num_samples=1, max_concurrent_trials=space.max_concurrent_trials,
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=str(ray_dir), callbacks=[cb],
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))
+            run_config=ray_tune.RunConfig(name=name, storage_path=str(ray_dir), callbacks=[cb],
+                                          checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+                                          failure_config=ray_tune.FailureConfig(max_failures=max_failures), verbose=1))
     log(f"[confirm] {len(cands)} configurations ({', '.join(c['label'] for c in cands)}) x {seeds} fresh seed(s), "
         f"{space.max_epochs} epochs each, scored on the test split ({space.test_fraction:g} of the groups)")
     return tuner.fit()
