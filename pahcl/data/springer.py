@@ -72,8 +72,12 @@ def training_frames(x: np.ndarray, sr: int, annotations: np.ndarray) -> tuple[np
 class EmissionModel:
     """Multinomial logistic regression frame -> state; ``log_emissions`` for the Viterbi decoder."""
 
-    def __init__(self, C: float = 1.0, seed: int = 0):
-        self.C, self.seed = C, seed
+    def __init__(self, C: float = 1.0, seed: int = 0, weight: float | None = None):
+        """``weight`` None: the decoder uses these emissions alone (Springer); a float w: the decoder adds w x
+        these log emissions to its per-recording Gaussian emissions (adapts to each recording's levels)."""
+        if weight is not None and not weight > 0:
+            raise ValueError(f"EmissionModel: weight must be None or > 0, got {weight!r}")
+        self.C, self.seed, self.weight = C, seed, weight
         self.clf = None
         self.log_prior = None
 
