@@ -4,6 +4,10 @@ envelopes, trained on annotated cycles, decoded by the duration-dependent Viterb
     from pahcl.data.springer import EmissionModel, training_frames
     model = EmissionModel().fit([training_frames(x, sr, ann) for x, sr, ann in annotated])
     segs = segment_states(x, sr, emission_model=model)          # pahcl.data.segmentation
+    adaptive = EmissionModel(weight=0.3).fit(...)   # per-recording Gaussians + 0.3 x these emissions, every pass
+
+Held-out evaluation (leave one patient out on CirCor): ``bench/segmentation_f1.py --heldout-summary``; results and
+why the trained model does not beat the untrained one on circor_tiny: docs/segmentation.md.
 
 Frame features at ``FEATURE_RATE`` (50 Hz), each a log envelope minus its 0.5 s running median, as a robust
 z-score clipped to [-3, 6] (the same normalisation as the untrained segmenter's single feature): the 25-400 Hz

@@ -103,3 +103,19 @@ def test_adaptive_emission_model_weight():
     assert B.f1(tp, fp, fn)[2] >= 0.9
     with pytest.raises(ValueError, match="weight"):
         EmissionModel(weight=0.0)
+
+
+def test_nested_selection_uses_the_other_patients_only():
+    """bench/segmentation_f1.py --select: for each held-out patient the (C, weight) is chosen by an inner
+    leave-one-patient-out on the other patients; the held-out patient's recordings are never decoded for it."""
+    from pahcl.config import DataConfig
+    from pahcl.data.readers import read_recordings
+
+    B = _bench()
+    recs = read_recordings("synthetic:12")  # 3 patients x 4 recordings
+    lines: list[str] = []
+    models = B.lopo_models(recs, DataConfig(), 0, 1.0, select=True, log=lines.append)
+    assert sorted(models) == sorted({r.group for r in recs})
+    chosen = [ln for ln in lines if ln.startswith("held-out patient")]
+    assert len(chosen) == 3 and len([ln for ln in lines if "inner" in ln]) == 3 * len(B.GRID)
+    assert all((m.C, m.weight) in B.GRID for m in models.values())
