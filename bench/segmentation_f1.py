@@ -1,21 +1,26 @@
 """S1 / S2 detection F1 of the automatic segmenter on CirCor, annotations hidden.
 
     .venv/bin/python bench/segmentation_f1.py                       # ../shared/data/circor_tiny
+    .venv/bin/python bench/segmentation_f1.py --heldout-summary --out bench/results/segmentation_f1.json  # bench/run_all.py
     .venv/bin/python bench/segmentation_f1.py --data circor:DIR --tolerance 0.06 --markdown out.md
-    .venv/bin/python bench/segmentation_f1.py --out bench/results/segmentation_f1.json   # + JSON (bench/run_all.py)
-    .venv/bin/python bench/segmentation_f1.py --trained-lopo --synthetic 40 --C 0.1   # trained emissions, see below
+    .venv/bin/python bench/segmentation_f1.py --trained-lopo                 # Springer: trained emissions alone
+    .venv/bin/python bench/segmentation_f1.py --trained-lopo --weight 0.3    # adaptive: Gaussians + 0.3 x trained
+    .venv/bin/python bench/segmentation_f1.py --trained-lopo --select        # weight chosen by an inner LOPO
+    .venv/bin/python bench/segmentation_f1.py --gaps count                   # score interior unannotated gaps too
 
 Each recording goes through the training preprocessing (``preprocess_signal`` at data.sample_rate)
 and ``segment_states``; a detected S1 (S2) is the centre of a decoded S1 (S2) state. A detection
 is a hit when its centre lies within ``tolerance`` (60 ms) of an annotated sound's centre, with
-one-to-one matching (closest pairs first). Only the annotated region counts: detections whose
-centre lies between the start of the first and the end of the last non-zero-state annotation.
-Prints a markdown table (per recording + overall micro-averaged F1).
+one-to-one matching (closest pairs first). Only the annotated region counts: from the start of the first to the
+end of the last non-zero-state annotation, without the unannotated (state 0) rows inside it and the S1 / S2 rows
+touching them (``--gaps exclude``, default; see ``score_recording``). Prints a markdown table (per recording +
+overall micro-averaged F1).
 
 ``--trained-lopo``: Springer-style trained emissions (``pahcl.data.springer.EmissionModel``: logistic
-regression on frame envelopes) instead of the per-recording Gaussian ones, patient-level held out: each
-patient's recordings are decoded by a model trained on the OTHER patients' annotated frames (plus
-``--synthetic N`` generated recordings).
+regression on frame envelopes), patient-level held out: each patient's recordings are decoded by a model trained
+on the OTHER patients' annotated frames (plus ``--synthetic N`` generated recordings); ``--weight``/``--select``
+as above. ``--heldout-summary`` adds one S1 F1 table of the untrained segmenter (both gap rules) and of every
+trained variant, leave one patient out (docs/segmentation.md).
 """
 from __future__ import annotations
 
@@ -211,6 +216,10 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-summary", action="store_true",
                     help="also the S1 F1 table of every emission variant, leave one patient out")
     args = ap.parse_args(argv)
+    if (args.weight is not None or args.select) and not args.trained_lopo:
+        ap.error("--weight and --select apply to --trained-lopo only; add --trained-lopo")
+    if args.weight is not None and not args.weight > 0:
+        ap.error(f"--weight must be > 0 (got {args.weight}); leave it out for the trained emissions alone")
     cfg = DataConfig(sample_rate=args.sample_rate)
     sr = cfg.sample_rate
     recs = [r for r in read_recordings(args.data) if r.annotations is not None]

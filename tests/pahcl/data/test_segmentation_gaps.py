@@ -119,3 +119,11 @@ def test_nested_selection_uses_the_other_patients_only():
     chosen = [ln for ln in lines if ln.startswith("held-out patient")]
     assert len(chosen) == 3 and len([ln for ln in lines if "inner" in ln]) == 3 * len(B.GRID)
     assert all((m.C, m.weight) in B.GRID for m in models.values())
+
+
+def test_bench_cli_refuses_weight_without_trained_lopo(capsys):
+    B = _bench()
+    for argv, msg in ((["--select"], "add --trained-lopo"), (["--trained-lopo", "--weight", "0"], "--weight must be > 0")):
+        with pytest.raises(SystemExit) as e:
+            B.main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
