@@ -34,7 +34,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "harness_overhead": (["bench/harness_overhead.py"], ["--smoke-test"]),
     "concurrency": (["bench/concurrency.py"], ["--smoke-test"]),
     "data_path": (["bench/data_path.py"], ["--smoke-test"]),
-    "segmentation_f1": (["bench/segmentation_f1.py"], []),
+    "segmentation_f1": (["bench/segmentation_f1.py", "--heldout-summary"], []),
     "mamba_backends": (["bench/mamba_backends.py", "--skip-large", "--repeats", "3", "--only", "full fused b8,full naive b8,small"],
                        ["--smoke-test"]),
     "search_efficiency": (["bench/search_efficiency.py"], ["--smoke-test"]),
@@ -334,7 +334,14 @@ def sec_seg(j: dict | None) -> str:
             f"{j['tolerance_s'] * 1000:.0f} ms, {j['seconds']:.1f} s. Method and discussion: docs/segmentation.md.\n\n"
             + _md(j["markdown"]) + "\n\n"
             f"**S1 F1 {o['S1']['f1']:.3f}** (precision {o['S1']['precision']:.3f}, recall {o['S1']['recall']:.3f}); "
-            f"S2 F1 {o['S2']['f1']:.3f}.\n")
+            f"S2 F1 {o['S2']['f1']:.3f}.\n" + _seg_heldout(j))
+
+
+def _seg_heldout(j: dict) -> str:
+    if not j.get("heldout_summary"):
+        return ""
+    return ("\nS1 F1 of the untrained segmenter and of the trained emission models, each patient decoded by a model "
+            "trained on the other patients (leave one patient out):\n\n" + _md(j["heldout_summary"]) + "\n")
 
 
 def sec_probe(j: dict | None) -> str:

@@ -68,6 +68,9 @@ class DataConfig:
     max_heart_rate_bpm: float = _f(200.0, lo=40.0, hi=300.0,
                                    help="automatic segmentation: highest heart rate the period search admits "
                                         "(200 suits children; ~120 for adults at rest)")
+    segment_unannotated: bool = _f(False, help="annotated recordings (CirCor): also segment automatically the "
+                                               "stretches (>= 2 s) outside the annotated cycles and use their cycles "
+                                               "(source 'auto'); annotated cycles stay as annotated")
 
 
 @dataclass

@@ -96,8 +96,9 @@ def cycle_window(x: np.ndarray, c: Cycle, L: int) -> tuple[np.ndarray, np.ndarra
     return w, b
 
 
-def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle], str]:
-    """Preprocess one recording and find its cycles: (float32 [T'], cycles, source)."""
+def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle], str | list[str]]:
+    """Preprocess one recording and find its cycles: (float32 [T'], cycles, source); with
+    ``data.segment_unannotated`` on an annotated recording, source is a list (one per cycle)."""
     sr = int(data_cfg.sample_rate)
     x = preprocess_signal(rec.signal, rec.sample_rate, data_cfg)
     cycles: list[Cycle] = []
@@ -107,8 +108,13 @@ def recording_cycles(rec: Recording, data_cfg) -> tuple[np.ndarray, list[Cycle],
         source = "annotations"
     if not cycles:
         cycles, source = segment(x, sr, max_bpm=data_cfg.max_heart_rate_bpm), "auto"
+    elif getattr(data_cfg, "segment_unannotated", False):  # opt-in: per-cycle sources
+        from .segmentation_gaps import with_unannotated
+
+        cycles, source = with_unannotated(x, sr, cycles, data_cfg.max_heart_rate_bpm)
     if data_cfg.max_cycles_per_recording > 0:
         cycles = cycles[: data_cfg.max_cycles_per_recording]
+        source = source[: len(cycles)] if isinstance(source, list) else source
     return x, cycles, source
 
 
@@ -201,7 +207,8 @@ def build_cycles(spec: str | DataSpec, data_cfg, log: Callable[[str], None] | No
         for k, c in enumerate(cycles):
             rows.append({
                 "recording_id": rec.id, "group": str(rec.group), "label": rec.label, "cycle_index": k,
-                "start_sample": c.s1_onset, "source": source, "dataset": s.kind, "cycle_length": c.length,
+                "start_sample": c.s1_onset, "source": source[k] if isinstance(source, list) else source,
+                "dataset": s.kind, "cycle_length": c.length,
                 "murmur": rec.meta.get("murmur"), "outcome": rec.meta.get("outcome"), "site": rec.meta.get("site"),
             })
     progress(n_read, True)
@@ -239,6 +246,8 @@ def cache_key(spec: DataSpec, data_cfg) -> tuple[str, dict]:
     cfg = dataclasses.asdict(data_cfg) if dataclasses.is_dataclass(data_cfg) else dict(vars(data_cfg))
     cfg.pop("val_fraction", None)  # splitting does not change the cycles
     cfg.pop("test_fraction", None)
+    if not cfg.get("segment_unannotated", True):
+        cfg.pop("segment_unannotated")  # off (the default): the keys of existing caches stay valid
     inputs = {
         "code_version": CODE_VERSION,
         "spec": absolute_spec(spec),  # circor:../x and circor:/abs/x are one cache entry

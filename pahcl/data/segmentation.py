@@ -269,26 +269,31 @@ def _state_emissions(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def segment_states(signal: np.ndarray, sample_rate: int, refine: int | None = None,
                    max_bpm: float = MAX_HEART_RATE_BPM, emission_model=None) -> list[tuple[int, int, int]]:
     """Decoded state segments (start_sample, end_sample, state 1..4) covering the signal. ``emission_model``
-    (a fitted ``pahcl.data.springer.EmissionModel``) replaces the per-recording Gaussian emissions and their
-    hard-EM passes with trained ones; heart rate and duration model are the same."""
+    (a fitted ``pahcl.data.springer.EmissionModel``): with ``weight=None`` its trained emissions replace the
+    per-recording Gaussian ones and their hard-EM passes; with a weight w, w x the trained log emissions are
+    added to the per-recording Gaussian ones in every pass (adaptive). Heart rate and durations are the same."""
     x = np.asarray(signal, dtype=np.float64)
     if len(x) < int(0.3 * sample_rate) or not np.all(np.isfinite(x)) or float(np.std(x)) < 1e-8:
         return []  # too short, broken or constant: nothing to segment
     v = _features(x, sample_rate)
     cycle_s, sys_s = heart_rate(v, max_bpm=max_bpm)
     logp = _durations(cycle_s, sys_s, FEATURE_RATE)
+    trained = 0.0
     if emission_model is not None:
         from .springer import frame_features
 
-        segs, _ = _viterbi(emission_model.log_emissions(frame_features(x, sample_rate)), logp)
+        trained = emission_model.log_emissions(frame_features(x, sample_rate))
+    if emission_model is not None and emission_model.weight is None:  # trained emissions alone
+        segs, _ = _viterbi(trained, logp)
         refine = 0
-    else:
-        segs, _ = _viterbi(_two_class_emissions(v), logp)
+    else:  # per-recording Gaussians (+ weight x trained emissions: the adaptive model)
+        trained = trained if emission_model is None else emission_model.weight * trained
+        segs, _ = _viterbi(_two_class_emissions(v) + trained, logp)
     for _ in range(REFINE if refine is None else refine):
         labels = np.empty(len(v), dtype=np.int64)
         for a, b, j in segs:
             labels[a:b] = j
-        segs, _ = _viterbi(_state_emissions(v, labels), logp)
+        segs, _ = _viterbi(_state_emissions(v, labels) + trained, logp)
     scale = sample_rate / FEATURE_RATE
     n = len(x)
     return [(int(round(a * scale)), min(n, int(round(b * scale))), j + 1) for a, b, j in segs]

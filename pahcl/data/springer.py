@@ -4,6 +4,10 @@ envelopes, trained on annotated cycles, decoded by the duration-dependent Viterb
     from pahcl.data.springer import EmissionModel, training_frames
     model = EmissionModel().fit([training_frames(x, sr, ann) for x, sr, ann in annotated])
     segs = segment_states(x, sr, emission_model=model)          # pahcl.data.segmentation
+    adaptive = EmissionModel(weight=0.3).fit(...)   # per-recording Gaussians + 0.3 x these emissions, every pass
+
+Held-out evaluation (leave one patient out on CirCor): ``bench/segmentation_f1.py --heldout-summary``; results and
+why the trained model does not beat the untrained one on circor_tiny: docs/segmentation.md.
 
 Frame features at ``FEATURE_RATE`` (50 Hz), each a log envelope minus its 0.5 s running median, as a robust
 z-score clipped to [-3, 6] (the same normalisation as the untrained segmenter's single feature): the 25-400 Hz
@@ -72,8 +76,12 @@ def training_frames(x: np.ndarray, sr: int, annotations: np.ndarray) -> tuple[np
 class EmissionModel:
     """Multinomial logistic regression frame -> state; ``log_emissions`` for the Viterbi decoder."""
 
-    def __init__(self, C: float = 1.0, seed: int = 0):
-        self.C, self.seed = C, seed
+    def __init__(self, C: float = 1.0, seed: int = 0, weight: float | None = None):
+        """``weight`` None: the decoder uses these emissions alone (Springer); a float w: the decoder adds w x
+        these log emissions to its per-recording Gaussian emissions (adapts to each recording's levels)."""
+        if weight is not None and not weight > 0:
+            raise ValueError(f"EmissionModel: weight must be None or > 0, got {weight!r}")
+        self.C, self.seed, self.weight = C, seed, weight
         self.clf = None
         self.log_prior = None
 
