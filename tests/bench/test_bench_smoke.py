@@ -48,3 +48,22 @@ def test_preprocess_extrapolation_uses_the_matching_rate():
     rows, md = summarise(runs, ["circor:c", "yaseen:y"], [1])
     assert rows[0]["full_sets_min"] == {"CirCor (5,272)": 5272 * 20.0 / 200.0 / 60}
     assert rows[1]["full_sets_min"] == {"PhysioNet 2016 (3,240)": 3240 * 20.0 / 20.0 / 60}
+
+
+def test_objective_noise_smoke_and_analysis(tmp_path):
+    """One tiny run per setting end to end; the analysis on hand-made runs gives the exact stds and ratio."""
+    p = subprocess.run([sys.executable, "bench/objective_noise.py", "--smoke-test", "--data", "synthetic:40",
+                        "--out", str(tmp_path / "n.json")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    j = json.loads((tmp_path / "n.json").read_text())
+    run = j["runs"][0]
+    assert run["config"] == "baseline" and len(run["history"]) == 2 and 0 <= run["logo"] <= 1
+    from objective_noise import analyse
+
+    runs = [{"data": "d", "config": c, "train_seed": s, "split_seed": 0, "last": v, "last3": v, "rec": v, "logo": v,
+             "val_cycles": 1, "val_recordings": 1, "val_groups": 1}
+            for c, vals in (("lr/3", [0.1, 0.3]), ("baseline", [0.5, 0.7]), ("lrx3", [0.2, 0.4])) for s, v in enumerate(vals)]
+    runs.append({**runs[2], "train_seed": 0, "split_seed": 1, "last": 0.9})  # a split resample of the baseline
+    row = analyse(runs)[0]["last"]
+    assert abs(row["seed_std"] - 0.1414) < 1e-3 and abs(row["split_std"] - 0.2828) < 1e-3
+    assert abs(row["range"] - 0.4) < 1e-9 and abs(row["noise_over_range"] - 0.2828 / 0.4) < 1e-3
