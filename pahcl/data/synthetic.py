@@ -91,6 +91,28 @@ def _smooth_box(x: np.ndarray, a: np.ndarray, b: np.ndarray, edge: float = 0.01)
     return np.clip((x - a) / edge, 0, 1) * np.clip((b - x) / edge, 0, 1)
 
 
+def _murmur_envelope(cls: str, t, k, on, s1_end, s2, s2_end, sys) -> np.ndarray:
+    """Murmur amplitude per sample (0..1) of class ``cls``; ``k`` = the cycle of each sample, the timing arrays
+    per cycle (S1 onsets ``on``, S1 ends, S2 onsets and ends, systolic intervals)."""
+    a, b, nxt = s1_end[k], s2[k], on[k + 1]
+    if cls == "systolic_ejection":
+        u = (t - a) / np.maximum(b - 0.03 - a, 1e-3)
+        env = np.where((u > 0) & (u < 1), np.where(u < 0.4, u / 0.4, (1 - u) / 0.6), 0.0)
+    elif cls == "holosystolic":
+        env = _smooth_box(t, on[k] + 0.03, b + 0.01)
+    elif cls == "midsystolic_click":
+        c = on[k] + 0.5 * sys[k]
+        env = np.where((t > c) & (t < b), (t - c) / np.maximum(b - c, 1e-3), 0.0)
+    elif cls == "diastolic_rumble":
+        d0 = s2_end[k] + 0.06
+        u = (t - d0) / np.maximum(nxt - d0, 1e-3)
+        env = np.where((u > 0) & (u < 1), np.exp(-3 * u) + np.clip((u - 0.75) / 0.25, 0, 1), 0.0)
+    else:  # faint innocent early-systolic murmur of some normal patients
+        u = (t - a) / np.maximum(0.5 * (b - a), 1e-3)
+        env = np.where((u > 0) & (u < 1), np.sin(np.pi * u), 0.0)
+    return env
+
+
 def generate_recording(index: int, seed: int = 0, fs: int = NATIVE_RATE) -> Recording:
     """Recording ``index`` of the synthetic set: float32 signal at ``fs`` with exact annotations."""
     patient = index // RECORDINGS_PER_PATIENT
@@ -140,22 +162,7 @@ def generate_recording(index: int, seed: int = 0, fs: int = NATIVE_RATE) -> Reco
         t = np.arange(n) / fs
         k = np.clip(np.searchsorted(on, t, side="right") - 1, 0, n_cyc - 1)  # cycle of each sample
         inside = (t >= on[0]) & (t < on[-1])
-        a, b, nxt = s1_end[k], s2[k], on[k + 1]
-        if cls == "systolic_ejection":
-            u = (t - a) / np.maximum(b - 0.03 - a, 1e-3)
-            env = np.where((u > 0) & (u < 1), np.where(u < 0.4, u / 0.4, (1 - u) / 0.6), 0.0)
-        elif cls == "holosystolic":
-            env = _smooth_box(t, on[k] + 0.03, b + 0.01)
-        elif cls == "midsystolic_click":
-            c = on[k] + 0.5 * sys[k]
-            env = np.where((t > c) & (t < b), (t - c) / np.maximum(b - c, 1e-3), 0.0)
-        elif cls == "diastolic_rumble":
-            d0 = s2_end[k] + 0.06
-            u = (t - d0) / np.maximum(nxt - d0, 1e-3)
-            env = np.where((u > 0) & (u < 1), np.exp(-3 * u) + np.clip((u - 0.75) / 0.25, 0, 1), 0.0)
-        else:  # faint innocent early-systolic murmur of some normal patients
-            u = (t - a) / np.maximum(0.5 * (b - a), 1e-3)
-            env = np.where((u > 0) & (u < 1), np.sin(np.pi * u), 0.0)
+        env = _murmur_envelope(cls, t, k, on, s1_end, s2, s2_end, sys)
         noise = sosfilt(_band_sos(cls, fs), rng.standard_normal(n))
         noise /= np.std(noise) + 1e-12
         x += p["murmur"] * 0.6 * env * inside * noise
