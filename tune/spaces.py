@@ -572,6 +572,38 @@ def load_space(
         raise SpaceError(f"mode: {mode!r} is not allowed; allowed: max, min")
     num_samples = _num("num_samples", raw.get("num_samples", 8), integer=True, lo=1)
     max_epochs = _num("max_epochs", raw.get("max_epochs", 30), integer=True, lo=1)
+    seed, mct, grace, rf, cpus, gpus = _parse_run_settings(raw, cli)
+    fixed, params_raw, eff = _parse_fixed_and_params(raw)
+    inherited, inherited_from, inherited_prov = resolve_inheritance(
+        raw, Path(results_root), log, preset=preset, data=data, allow_mismatch=allow_inherit_mismatch)
+    params: dict[str, Dist] = {k: _parse_dist(k, v, inherited) for k, v in params_raw.items()}
+    for k in sorted(set(inherited) & set(fixed)):
+        if inherited[k] != fixed[k]:
+            log(f"[inherit] {k}: the space{' budget ' + repr(budget) if budget else ''} fixes {fixed[k]!r}; "
+                f"inherited {inherited[k]!r} not used")
+    fixed = {**{k: v for k, v in inherited.items() if k not in params}, **fixed}
+
+    _check_raw_loss_metric(metric, params)
+    top, conf_seeds, test_fraction = _parse_confirm(raw, cli)
+    if test_fraction > 0:
+        if "data.test_fraction" in params:
+            raise SpaceError("params.data.test_fraction: set confirm.test_fraction instead (one split per search)")
+        fixed["data.test_fraction"] = test_fraction
+    sp = Space(
+        name=name, path=path, raw=raw, base_config=base_path, preset=preset, data=data, metric=metric,
+        mode=mode, num_samples=num_samples, max_epochs=max_epochs, seed=seed, max_concurrent_trials=mct,
+        grace_period=grace, reduction_factor=rf, cpus_per_trial=cpus, gpus_per_trial=gpus, fixed=fixed,
+        params=params, effective_batch_size=eff, inherited=inherited, inherited_from=inherited_from, budget=budget,
+        inherited_provenance=inherited_prov, confirm_top=top, confirm_seeds=conf_seeds, test_fraction=test_fraction,
+    )
+    _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
+    _cap_samples_at_grid(sp, log)
+    _validate_against_config(sp)
+    return sp
+
+
+def _parse_run_settings(raw: dict, cli: Mapping[str, Any]) -> tuple:
+    """(search seed, max concurrent trials, ASHA grace period, reduction factor, cpus, gpus per trial)."""
     search = _check_section("search", raw.get("search"))
     seed = _num("search.seed", search.get("seed", 0), integer=True, lo=0)
     mct = _num("search.max_concurrent_trials", search.get("max_concurrent_trials", 2), integer=True, lo=1)
@@ -590,6 +622,11 @@ def load_space(
     if "gpus_per_trial" in cli:
         gpus = cli["gpus_per_trial"] if cli["gpus_per_trial"] == "auto" else _num("--gpus-per-trial", cli["gpus_per_trial"], lo=0)
 
+    return seed, mct, grace, rf, cpus, gpus
+
+
+def _parse_fixed_and_params(raw: dict) -> tuple[dict, dict, int | None]:
+    """(fixed values, the raw params section, derived effective batch size), each key checked."""
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise SpaceError("fixed: expected a mapping of dotted config keys to values")
@@ -616,16 +653,11 @@ def load_space(
         eff = _num("derived.effective_batch_size", derived["effective_batch_size"], integer=True, lo=2)
         if "training.gradient_accumulation_steps" in fixed:
             raise SpaceError("fixed.training.gradient_accumulation_steps: derived from derived.effective_batch_size")
+    return fixed, params_raw, eff
 
-    inherited, inherited_from, inherited_prov = resolve_inheritance(
-        raw, Path(results_root), log, preset=preset, data=data, allow_mismatch=allow_inherit_mismatch)
-    params: dict[str, Dist] = {k: _parse_dist(k, v, inherited) for k, v in params_raw.items()}
-    for k in sorted(set(inherited) & set(fixed)):
-        if inherited[k] != fixed[k]:
-            log(f"[inherit] {k}: the space{' budget ' + repr(budget) if budget else ''} fixes {fixed[k]!r}; "
-                f"inherited {inherited[k]!r} not used")
-    fixed = {**{k: v for k, v in inherited.items() if k not in params}, **fixed}
 
+def _check_raw_loss_metric(metric: str, params: Mapping[str, Any]) -> None:
+    """A raw InfoNCE loss cannot rank trials whose number of negatives differs."""
     if metric in RAW_LOSS_METRICS:
         varying = [k for k in NEGATIVES_KEYS if k in params]
         if varying:
@@ -633,23 +665,6 @@ def load_space(
                 f"metric: {metric!r} is a raw InfoNCE loss, whose value depends on the number of negatives; "
                 f"it cannot rank trials while {', '.join(varying)} varies. Allowed here: {', '.join(KNOWN_METRICS[:4])}"
             )
-
-    top, conf_seeds, test_fraction = _parse_confirm(raw, cli)
-    if test_fraction > 0:
-        if "data.test_fraction" in params:
-            raise SpaceError("params.data.test_fraction: set confirm.test_fraction instead (one split per search)")
-        fixed["data.test_fraction"] = test_fraction
-    sp = Space(
-        name=name, path=path, raw=raw, base_config=base_path, preset=preset, data=data, metric=metric,
-        mode=mode, num_samples=num_samples, max_epochs=max_epochs, seed=seed, max_concurrent_trials=mct,
-        grace_period=grace, reduction_factor=rf, cpus_per_trial=cpus, gpus_per_trial=gpus, fixed=fixed,
-        params=params, effective_batch_size=eff, inherited=inherited, inherited_from=inherited_from, budget=budget,
-        inherited_provenance=inherited_prov, confirm_top=top, confirm_seeds=conf_seeds, test_fraction=test_fraction,
-    )
-    _adjust_grace(sp, log)  # first: "max_epochs below the largest warmup" is the clearer message
-    _cap_samples_at_grid(sp, log)
-    _validate_against_config(sp)
-    return sp
 
 
 def _parse_confirm(raw: dict, cli: Mapping[str, Any]) -> tuple[int, int, float]:
