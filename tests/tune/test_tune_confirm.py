@@ -132,3 +132,16 @@ def test_search_ends_with_a_confirmation_on_the_test_split(ray_session, space_fi
     # the search's own trials are scored on validation only (no test metric on them)
     trials = [r for r in runs if r.data.tags.get("pahcl.role") == "trial"]
     assert len(trials) == 2 and all("test/knn_acc" not in r.data.metrics for r in trials)
+
+
+def test_unfinished_counts_runs_stopped_before_max_epochs():
+    """Ctrl+C during the confirmation: runs short of max_epochs (and not failed) mean no verdict yet."""
+    from types import SimpleNamespace as R
+
+    grid = [R(error=None, metrics={"epoch": 6}), R(error=None, metrics={"epoch": 3}), R(error=ValueError("x"), metrics={}),
+            R(error=None, metrics=None)]
+    assert confirm.unfinished(grid, 6) == 2
+    rows = confirm.scores([R(error=None, metrics={"epoch": 6, "test/knn_acc": 0.5, "test/linear_acc": 0.25,
+                                                  "test/recordings": 8}, config={"__confirm__": "top1=baseline/s2"})])
+    assert rows == [{"candidate": "top1=baseline", "seed": 2, "error": False, "test/knn_acc": 0.5,
+                     "test/linear_acc": 0.25, "test/recordings": 8.0}]
