@@ -160,7 +160,8 @@ def verdict(rows: list[dict]) -> tuple[str, str]:
     rival = [r for r in ok[1:] if not r["candidate"].endswith(BASELINE)]
     if win is base:
         noisy = not all(beyond(r) for r in ok[1:])
-        return win["candidate"], (f"the baseline ({win['candidate']}) scores best on the test split: the search found "
+        name = "the baseline" if win["candidate"] == BASELINE else f"the baseline ({win['candidate']})"
+        return win["candidate"], (f"{name} scores best on the test split: the search found "
                                   f"nothing better than the stage's defaults{' (within noise)' if noisy else ''}")
     checks = {"the runner-up": rival[0] if rival else None, "the baseline": base if base in ok else None}
     noisy = [name for name, r in checks.items() if r is not None and not beyond(r)]

@@ -130,7 +130,8 @@ def choose_budget(args) -> str | None:
 
 
 # measured: `python tune/run_search.py --space moco_stage2` (docs/reliability.md, "Operating notes")
-SYNTHETIC_CPU_TIME = "Takes about 1-2 minutes on an idle 2-core CPU (62-103 s measured), 6 minutes on a busy one"
+SYNTHETIC_CPU_TIME = ("Takes about 6 minutes on a shared 2-core CPU with the confirmation runs (384 s measured at load "
+                      "average 7-9: search 180 s, then 9 confirmation runs)")
 
 # --resume continues with what the search started with; these options would be ignored, so they are refused
 RESUME_FIXED = ("data", "num_samples", "max_epochs", "seeds", "preset", "cpus_per_trial", "gpus_per_trial",
