@@ -260,6 +260,9 @@ def write_confirmation(out_dirs: list[Path], space, base_tree: dict, summary: di
     for d in out_dirs:
         if winner_params is not None:
             dump_config(cfg, d / "best_config.yaml")
+            text = (d / "best_config.yaml").read_text()  # the verdict on top: "within noise" travels with the file
+            head = f"# confirmation winner {confirmation['winner']}: {confirmation['verdict']}\n"
+            (d / "best_config.yaml").write_text(head + text)
         (d / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

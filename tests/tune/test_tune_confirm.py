@@ -111,7 +111,9 @@ def test_search_ends_with_a_confirmation_on_the_test_split(ray_session, space_fi
         assert any("baseline" in k for k in r)
     assert conf["winner"] in labels and conf["verdict"]
     winner = next(r for r in conf["table"] if r["candidate"] == conf["winner"])
-    best = yaml.safe_load((stage / "best_config.yaml").read_text())
+    text = (stage / "best_config.yaml").read_text()
+    assert text.startswith(f"# confirmation winner {conf['winner']}: {conf['verdict']}\n")
+    best = yaml.safe_load(text)
     for k, v in winner["params"].items():
         sect, key = k.split(".")
         assert best[sect][key] == pytest.approx(v)
