@@ -41,7 +41,7 @@ PARAMS = {"model.moco_momentum": 0.99}  # the one "searched" value (a single cho
 def space_dict(a) -> dict:
     return {
         "stage": "bench_overhead", "base_config": "pahcl/configs/pretrain.yaml", "preset": a.preset,
-        "data": a.data, "metric": "val/knn_acc", "mode": "max", "num_samples": 1, "max_epochs": a.epochs,
+        "data": a.data, "metric": "val/knn_acc", "mode": "max", "guard": "warn", "num_samples": 1, "max_epochs": a.epochs,
         "confirm": {"top": 0, "test_fraction": 0},  # the search alone, on all data (as measured before issue 12)
         "search": {"seed": 0, "max_concurrent_trials": 1},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},

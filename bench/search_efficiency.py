@@ -50,7 +50,7 @@ MOMENTUM = [0.99, 0.995, 0.999]
 def space_dict(a, num_samples: int, seed: int) -> dict:
     return {
         "stage": "bench_search", "base_config": "pahcl/configs/pretrain.yaml", "preset": "tiny", "data": a.data,
-        "metric": "val/knn_acc", "mode": "max", "num_samples": num_samples, "max_epochs": a.epochs,
+        "metric": "val/knn_acc", "mode": "max", "guard": "warn", "num_samples": num_samples, "max_epochs": a.epochs,
         "confirm": {"top": 0, "test_fraction": 0},  # the search alone, on all data (as measured before issue 12)
         "search": {"seed": seed, "max_concurrent_trials": 2},
         "scheduler": {"type": "asha", "grace_period": a.grace, "reduction_factor": a.rf},

@@ -20,8 +20,6 @@ import time
 
 import pytest
 
-from tune_helpers import REPO_ROOT
-
 pytestmark = pytest.mark.slow
 
 # imports first (seconds, and uneven between two processes: 50+ s under load), then a barrier: each driver
@@ -33,14 +31,14 @@ from pathlib import Path
 import tune.run_search as rs
 import tune.mlflow_utils, tune.resources, tune.spaces, tune.trainable, pahcl.train  # noqa: F401
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (alembic: the migration code)
-barrier = Path(sys.argv[2])
+barrier = Path(sys.argv[1])
 (barrier / f"ready-{os.getpid()}").touch()
 while len(ready := list(barrier.glob("ready-*"))) < 2:
     time.sleep(0.01)
 start = math.ceil(max(p.stat().st_mtime for p in ready)) + 0.2
 time.sleep(max(0.0, start - time.time()))
 print(f"[test] started {time.time() - start:+.3f} s after the common start instant", flush=True)
-sys.exit(rs.cli(sys.argv[3:]))
+sys.exit(rs.cli(sys.argv[2:]))
 """
 
 
@@ -62,7 +60,7 @@ def test_two_searches_started_together_on_a_fresh_folder(space_file, tmp_path):
     barrier.mkdir()
     args = ["--space", str(space), "--results-dir", str(results), "--cpus-per-trial", "1"]
     t0 = time.time()
-    procs = [subprocess.Popen([sys.executable, "-c", _DRIVER, str(REPO_ROOT), str(barrier), *args], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", _DRIVER, str(barrier), *args], env=env,
                               cwd=str(tmp_path), stdout=open(tmp_path / f"driver{i}.log", "w"),
                               stderr=subprocess.STDOUT, start_new_session=True) for i in (1, 2)]
     try:

@@ -132,9 +132,17 @@ def test_local_ray_and_mlflow_server_listen_on_loopback_only(tmp_path, free_port
         ml_proc.wait()
 
 
-def test_ray_local_init_keeps_dashboard_off():
+def test_ray_local_init_keeps_dashboard_off(monkeypatch):
     src = (REPO_ROOT / "tune" / "run_search.py").read_text()
-    assert "include_dashboard=False" in src and 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"' in src
+    assert "include_dashboard=False" in src and "setup_environment(local_ray=not args.address)" in src
+    from tune.environment import LOCAL_RAY_ENV, SERVICE_ENV, setup_environment
+
+    for key in {**SERVICE_ENV, **LOCAL_RAY_ENV}:
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    setup_environment(local_ray=False)  # joining a cluster (--address): Ray's default
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    setup_environment(local_ray=True)  # a local Ray: single-node mode, servers on 127.0.0.1
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
 
 def _floor(spec: str) -> tuple[int, ...]:
