@@ -486,36 +486,71 @@ def main(argv=None, plugins: Sequence[Any] = (), tuner_factory: Callable | None 
     plugins = [*plugins, *plugins_from_env()]  # a bad PAHCL_SEARCH_PLUGINS fails here, before anything starts
     _auth_for_address(args)
     t_start = time.time()
-    from tune.spaces import SpaceError, load_space, space_hash, space_path
+    from tune.spaces import space_path
 
     if args.results_dir is None:
         args.results_dir = "results/smoke" if args.smoke_test else "results"
     results_dir = Path(args.results_dir).resolve()
     _ensure_writable(results_dir)
+    meta = _resume_meta(args, results_dir, space_path(args.space).stem) if args.resume else None
+    budget, cli = (meta["budget"], meta["cli"]) if meta else (choose_budget(args), _cli_options(args))
+    space, seeds, budget, h = _load_checked_space(args, results_dir, meta, budget, cli)
+    if meta is None:
+        uri = _check_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
+    _fit_cpus_to_machine(space, args)
+    started_ray = _init_ray(args)  # before any output: a cluster that cannot run a trial is refused first
+    if _FORWARD_SIGTERM:
+        _sigterm_as_ctrl_c()  # again: ray.init() replaced the handler with sys.exit
+    _check_cluster_fits(space, args)
 
-    stage_name = space_path(args.space).stem
-    meta = None
-    if args.resume:
-        stage_dir0 = results_dir / stage_name
-        latest = stage_dir0 / "latest"
-        if not latest.exists():
-            raise SpaceError(f"--resume: no search of {stage_name} under {stage_dir0} to resume (no 'latest' file)")
-        search_id = latest.read_text().strip()
-        exp_path = stage_dir0 / "ray" / search_id
-        state_dir = stage_dir0 / "searches" / search_id
-        meta_path = state_dir / META_NAME
-        if not meta_path.exists():
-            raise SpaceError(f"--resume: {meta_path} is missing; cannot resume {search_id}")
-        meta = json.loads(meta_path.read_text())
-        check_resume_options(args, meta)
-        budget = meta["budget"]
-        cli = meta["cli"]
-        _log(f"[resume] search {search_id} ({exp_path}); original options: {cli}, budget {budget}")
+    stage_dir = results_dir / space.name
+    _make_dirs(stage_dir / "ray", results_dir / "cache")
+    resuming = meta is not None
+    if resuming:
+        _reopen_search(meta)
     else:
-        budget = choose_budget(args)
-        cli = {"num_samples": args.num_samples, "max_epochs": args.max_epochs, "data": args.data,
-               "preset": args.preset, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-               "seeds": args.seeds, "confirm_top": args.confirm_top, "confirm_seeds": args.confirm_seeds}
+        meta = _start_search(space, args, results_dir, stage_dir, cli, budget, seeds, h, uri)
+    try:
+        return _fit(space, seeds, meta, stage_dir, results_dir, args, plugins, tuner_factory, resuming, t_start)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _cli_options(args) -> dict[str, Any]:
+    """What the command line chose for the space (recorded in search_meta.json; --resume reuses it)."""
+    return {"num_samples": args.num_samples, "max_epochs": args.max_epochs, "data": args.data,
+            "preset": args.preset, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "seeds": args.seeds, "confirm_top": args.confirm_top, "confirm_seeds": args.confirm_seeds}
+
+
+def _resume_meta(args, results_dir: Path, stage_name: str) -> dict:
+    """--resume: the search_meta.json of the stage's latest search (its options checked against argv)."""
+    from tune.spaces import SpaceError
+
+    stage_dir0 = results_dir / stage_name
+    latest = stage_dir0 / "latest"
+    if not latest.exists():
+        raise SpaceError(f"--resume: no search of {stage_name} under {stage_dir0} to resume (no 'latest' file)")
+    search_id = latest.read_text().strip()
+    exp_path = stage_dir0 / "ray" / search_id
+    state_dir = stage_dir0 / "searches" / search_id
+    meta_path = state_dir / META_NAME
+    if not meta_path.exists():
+        raise SpaceError(f"--resume: {meta_path} is missing; cannot resume {search_id}")
+    meta = json.loads(meta_path.read_text())
+    check_resume_options(args, meta)
+    _log(f"[resume] search {search_id} ({exp_path}); original options: {meta['cli']}, budget {meta['budget']}")
+    return meta
+
+
+def _load_checked_space(args, results_dir: Path, meta: dict | None, budget, cli: dict):
+    """(space, seeds, budget, space hash): the space file loaded with the options; on --resume, checked
+    unchanged and given exactly what the original run resolved."""
+    from tune.spaces import SpaceError, load_space, space_hash
+
     said: list[str] = []  # what load_space logged: its notes repeat its warnings
     space = load_space(args.space, results_root=results_dir, budget=budget,
                        cli={k: v for k, v in cli.items() if k != "seeds"}, log=lambda m: (said.append(m), _log(m)),
@@ -541,117 +576,111 @@ def main(argv=None, plugins: Sequence[Any] = (), tuner_factory: Callable | None 
     for n in space.notes:
         if not any(n in m for m in said):
             _log(f"[space] note: {n}")
-    if meta is None:
-        uri = _check_tracking(args, results_dir)  # a bad or unreachable store fails before Ray and data
-    _fit_cpus_to_machine(space, args)
-    started_ray = _init_ray(args)  # before any output: a cluster that cannot run a trial is refused first
-    if _FORWARD_SIGTERM:
-        _sigterm_as_ctrl_c()  # again: ray.init() replaced the handler with sys.exit
-    _check_cluster_fits(space, args)
+    return space, seeds, budget, h
 
-    stage_dir = results_dir / space.name
-    ray_dir = stage_dir / "ray"
-    cache_dir = results_dir / "cache"
-    _make_dirs(ray_dir, cache_dir)
 
+def _start_search(space, args, results_dir: Path, stage_dir: Path, cli: dict, budget, seeds: int, h: str,
+                  uri: str) -> dict:
+    """A new search: data prepared and checked, resources planned, guard, MLflow parent run, search_meta.json.
+    Returns the meta (what --resume continues from)."""
     from tune.mlflow_utils import create_parent_run, git_commit, save_trials_view, trials_url
-    from tune.resources import TrialResources, plan_resources
+    from tune.resources import plan_resources
 
-    if meta is None:
-        search_id = claim_search_id(stage_dir, space.name)  # unique even for searches started in the same second
-        _MADE_DIRS.extend([stage_dir / "searches", stage_dir / "searches" / search_id])  # removed if left empty
-        exp_path = ray_dir / search_id
-        # Data once in the driver: validates the spec and fills the shared cache before trials race for it.
-        from pahcl.config import build_config
-        from pahcl.train import prepare_data
+    cache_dir = results_dir / "cache"
+    search_id = claim_search_id(stage_dir, space.name)  # unique even for searches started in the same second
+    _MADE_DIRS.extend([stage_dir / "searches", stage_dir / "searches" / search_id])  # removed if left empty
+    # Data once in the driver: validates the spec and fills the shared cache before trials race for it.
+    from pahcl.config import build_config
+    from pahcl.train import prepare_data
 
-        cfg0 = build_config(space.base_tree(), space.trial_overrides({k: d.candidates()[0] for k, d in space.params.items()}))
-        tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
-        n_test = len(prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None, with_test=True)[2]) \
-            if space.test_fraction else 0
-        _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles"
-             + (f" / {n_test} test cycles held out for the confirmation" if n_test else "") + f" (cache {cache_dir})")
-        _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
-        provenance = _provenance(space, budget, tr.info.get("fingerprint", ""))
-        _check_inherited_data(space, provenance, args.inherit_anyway)
-        res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log,
-                             address=args.address)
-        _guard_and_gpus(space, len(tr), res, seeds, args)
-        tags = {"pahcl.stage": space.name, "pahcl.space_file": str(space.path.relative_to(REPO_ROOT))
-                if space.path.is_relative_to(REPO_ROOT) else str(space.path),
-                "pahcl.base_config": str(space.base_config), "pahcl.preset": space.preset,
-                "pahcl.git_commit": git_commit(), "pahcl.data": space.data, "pahcl.budget": str(budget),
-                "pahcl.seeds": str(seeds), "pahcl.metric": space.metric,
-                "pahcl.inherited_from": str(space.inherited_from), "pahcl.space_hash": h}
-        params = {"num_samples": space.num_samples, "seeds": seeds, "max_epochs": space.max_epochs,
-                  "grace_period": space.grace_period, "reduction_factor": space.reduction_factor,
-                  "metric": space.metric, "mode": space.mode, "sampler_seed": space.seed,
-                  **{f"space.{k}": d.describe() for k, d in space.params.items()},
-                  **{f"fixed.{k}": v for k, v in space.fixed.items()}}
-        exp_id = _open_experiment(uri, results_dir)  # every check passed: now the store may be created
-        parent = create_parent_run(uri, exp_id, search_id, tags, params)
-        _OPEN_PARENT.update(uri=uri, run_id=parent)
-        save_trials_view(uri, exp_id, space.metric, space.mode, list(space.params))
-        mlflow_ids = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
-        consts = build_consts(space, args, search_id, cache_dir, mlflow_ids, res)
-        state_dir = stage_dir / "searches" / search_id
-        state_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"search_id": search_id, "space": str(space.path), "space_hash": h, "budget": budget, "cli": cli,
-                "provenance": provenance,
-                "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
-                "mlflow": mlflow_ids, "consts": consts, "total_trials": space.num_samples * seeds,
-                "max_failures": args.max_failures,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _write_json(state_dir / META_NAME, meta)
-        _write_text_atomic(stage_dir / "latest", search_id + "\n")  # two searches: the last one wins, never a mix
-        from shlex import quote
+    cfg0 = build_config(space.base_tree(), space.trial_overrides({k: d.candidates()[0] for k, d in space.params.items()}))
+    tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
+    n_test = len(prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None, with_test=True)[2]) \
+        if space.test_fraction else 0
+    _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles"
+         + (f" / {n_test} test cycles held out for the confirmation" if n_test else "") + f" (cache {cache_dir})")
+    _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
+    provenance = _provenance(space, budget, tr.info.get("fingerprint", ""))
+    _check_inherited_data(space, provenance, args.inherit_anyway)
+    res = plan_resources(space, cli.get("gpus_per_trial"), cli.get("cpus_per_trial"), space.data, cache_dir, log=_log,
+                         address=args.address)
+    _guard_and_gpus(space, len(tr), res, seeds, args)
+    tags = {"pahcl.stage": space.name, "pahcl.space_file": str(space.path.relative_to(REPO_ROOT))
+            if space.path.is_relative_to(REPO_ROOT) else str(space.path),
+            "pahcl.base_config": str(space.base_config), "pahcl.preset": space.preset,
+            "pahcl.git_commit": git_commit(), "pahcl.data": space.data, "pahcl.budget": str(budget),
+            "pahcl.seeds": str(seeds), "pahcl.metric": space.metric,
+            "pahcl.inherited_from": str(space.inherited_from), "pahcl.space_hash": h}
+    params = {"num_samples": space.num_samples, "seeds": seeds, "max_epochs": space.max_epochs,
+              "grace_period": space.grace_period, "reduction_factor": space.reduction_factor,
+              "metric": space.metric, "mode": space.mode, "sampler_seed": space.seed,
+              **{f"space.{k}": d.describe() for k, d in space.params.items()},
+              **{f"fixed.{k}": v for k, v in space.fixed.items()}}
+    exp_id = _open_experiment(uri, results_dir)  # every check passed: now the store may be created
+    parent = create_parent_run(uri, exp_id, search_id, tags, params)
+    _OPEN_PARENT.update(uri=uri, run_id=parent)
+    save_trials_view(uri, exp_id, space.metric, space.mode, list(space.params))
+    mlflow_ids = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
+    consts = build_consts(space, args, search_id, cache_dir, mlflow_ids, res)
+    state_dir = stage_dir / "searches" / search_id
+    state_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"search_id": search_id, "space": str(space.path), "space_hash": h, "budget": budget, "cli": cli,
+            "provenance": provenance,
+            "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
+            "mlflow": mlflow_ids, "consts": consts, "total_trials": space.num_samples * seeds,
+            "max_failures": args.max_failures,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json(state_dir / META_NAME, meta)
+    _write_text_atomic(stage_dir / "latest", search_id + "\n")  # two searches: the last one wins, never a mix
+    from shlex import quote
 
-        _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id}); trials: {quote(trials_url(uri, exp_id))}")
-        resuming = False
-    else:
-        consts = meta["consts"]
-        mlflow_ids = meta["mlflow"]
-        r = meta["resources"]
-        res = TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"])
-        uri, exp_id, parent = mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"], mlflow_ids["parent_run_id"]
-        from tune.mlflow_utils import _client
+    _log(f"[mlflow] {uri} experiment {exp_id}, parent run {parent} ({search_id}); trials: {quote(trials_url(uri, exp_id))}")
+    return meta
 
-        _client(uri).update_run(parent, status="RUNNING")
-        _OPEN_PARENT.update(uri=uri, run_id=parent)
-        _client(uri).set_tag(parent, "pahcl.state", "resumed")
-        resuming = True
 
-    import ray
+def _reopen_search(meta: dict) -> None:
+    """--resume: the parent run RUNNING again (ended on any exit), tagged resumed."""
+    from tune.mlflow_utils import _client
+
+    ids = meta["mlflow"]
+    uri, parent = ids["tracking_uri"], ids["parent_run_id"]
+    _client(uri).update_run(parent, status="RUNNING")
+    _OPEN_PARENT.update(uri=uri, run_id=parent)
+    _client(uri).set_tag(parent, "pahcl.state", "resumed")
+
+
+def _fit(space, seeds: int, meta: dict, stage_dir: Path, results_dir: Path, args, plugins, tuner_factory,
+         resuming: bool, t_start: float) -> dict[str, Any]:
+    """Build (or restore) the Tuner on the trainable, fit, then summarise (and confirm) in ``_finish``."""
     from ray import tune as ray_tune
 
     from tune.plugins import tune_callbacks
+    from tune.resources import TrialResources
+    from tune.spaces import SpaceError
     from tune.trainable import train_pahcl
 
+    search_id, r = meta["search_id"], meta["resources"]
+    exp_path, state_dir = stage_dir / "ray" / search_id, stage_dir / "searches" / search_id
     # plug-ins: passed explicitly, trial workers do not see the driver's later environment
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, consts=consts, plugins=plugins),
-                                        res.as_ray())
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, consts=meta["consts"], plugins=plugins),
+                                        TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"]).as_ray())
     total = int(meta["total_trials"])
-    try:
-        if resuming:
-            from ray.tune import Tuner
+    if resuming:
+        from ray.tune import Tuner
 
-            if not Tuner.can_restore(str(exp_path)):
-                raise SpaceError(f"--resume: {exp_path} holds no restorable Ray Tune experiment")
-            tuner = Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-            _log(f"[resume] restored {exp_path}: finished trials are kept, unfinished ones continue from their "
-                 "last checkpoint, ASHA rungs reloaded from asha_state.json")
-        else:
-            tuner = (tuner_factory or build_tuner)(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir,
-                                                   search_id, max_failures=args.max_failures,
-                                                   callbacks=tune_callbacks(plugins))
-        t_fit = time.time()
-        grid = tuner.fit()
-        fit_s = time.time() - t_fit
-        return _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start,
-                       fit_s)
-    finally:
-        if started_ray:
-            ray.shutdown()
+        if not Tuner.can_restore(str(exp_path)):
+            raise SpaceError(f"--resume: {exp_path} holds no restorable Ray Tune experiment")
+        tuner = Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        _log(f"[resume] restored {exp_path}: finished trials are kept, unfinished ones continue from their "
+             "last checkpoint, ASHA rungs reloaded from asha_state.json")
+    else:
+        tuner = (tuner_factory or build_tuner)(space, seeds, total, trainable, state_dir, meta["mlflow"],
+                                               stage_dir / "ray", search_id, max_failures=args.max_failures,
+                                               callbacks=tune_callbacks(plugins))
+    t_fit = time.time()
+    grid = tuner.fit()
+    fit_s = time.time() - t_fit
+    return _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start, fit_s)
 
 
 def build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2,
@@ -692,7 +721,7 @@ def build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, 
 
 def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, results_dir, args, t_start, fit_s):
     from tune.mlflow_utils import _client, end_run
-    from tune.summary import collect_trials, make_plots, no_result_reason, print_table, write_outputs
+    from tune.summary import collect_trials, make_plots, no_result_reason, write_outputs
 
     uri = meta["mlflow"]["tracking_uri"]
     exp_id, parent = meta["mlflow"]["experiment_id"], meta["mlflow"]["parent_run_id"]
@@ -744,25 +773,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
     df, agg = out["df"], out["agg"]
     plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=None if mlflow_down else uri, log=_log)
     wall = time.time() - t_start
-    _log("")
-    print_table(df, space, log=_log, title=f"== {space.name}: {len(df)} trials, ranked by {space.metric} ({space.mode}): "
-                f"finished trials by their final value, then the {int(df['stopped_early'].sum()) if len(df) else 0} "
-                f"stopped early by ASHA by the rung they reached; column @{space.grace_period}: every trial at "
-                f"ASHA's first rung ==")
-    if seeds > 1 and len(agg):
-        import pandas as pd
-
-        cols = ["config", "n_seeds", f"{space.metric} (mean ± std)", "vs_best"] + \
-               [f"param:{k}" for k in sorted(space.params) if f"param:{k}" in agg.columns]
-        show = agg[cols].rename(columns={c: c[len('param:'):].split('.')[-1] for c in cols if c.startswith('param:')})
-        with pd.option_context("display.width", 200, "display.max_columns", 50):
-            _log(f"\n== per configuration over {seeds} seeds ==\n" + show.to_string(index=False))
-    if "summary" in out:
-        s = out["summary"]
-        _log(f"\nbest: trial {s['best']['trial_id']} {space.metric}={s['best']['metric_value']:.4f} "
-             f"params {s['best']['params']}")
-        _log(f"wrote {stage_dir / 'results.csv'}, {stage_dir / 'configs.csv'}, {stage_dir / 'best_config.yaml'}, "
-             f"{stage_dir / 'summary.json'}, plots: {', '.join(p.name for p in plots)}")
+    _print_results(df, agg, out, space, seeds, stage_dir, plots)
     verdict = None
     if space.confirm_top > 0 and "summary" in out:
         out, verdict = _confirm(rows, out, space, meta, stage_dir, state_dir, args)
@@ -782,6 +793,31 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
     return {"interrupted": False, "exp_path": exp_path, "state_dir": state_dir, "df": df, "agg": agg, "summary": out.get("summary"),
             "wall_s": wall, "exit_code": 0, "parent_run_id": parent, "tracking_uri": uri, "stage_dir": stage_dir,
             "mlflow_ok": mlflow_down is None}
+
+
+def _print_results(df, agg, out: dict, space, seeds: int, stage_dir: Path, plots) -> None:
+    """The ranked table, the per-configuration table (--seeds > 1), the best trial and the files written."""
+    from tune.summary import print_table
+
+    _log("")
+    print_table(df, space, log=_log, title=f"== {space.name}: {len(df)} trials, ranked by {space.metric} ({space.mode}): "
+                f"finished trials by their final value, then the {int(df['stopped_early'].sum()) if len(df) else 0} "
+                f"stopped early by ASHA by the rung they reached; column @{space.grace_period}: every trial at "
+                f"ASHA's first rung ==")
+    if seeds > 1 and len(agg):
+        import pandas as pd
+
+        cols = ["config", "n_seeds", f"{space.metric} (mean ± std)", "vs_best"] + \
+               [f"param:{k}" for k in sorted(space.params) if f"param:{k}" in agg.columns]
+        show = agg[cols].rename(columns={c: c[len('param:'):].split('.')[-1] for c in cols if c.startswith('param:')})
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            _log(f"\n== per configuration over {seeds} seeds ==\n" + show.to_string(index=False))
+    if "summary" in out:
+        s = out["summary"]
+        _log(f"\nbest: trial {s['best']['trial_id']} {space.metric}={s['best']['metric_value']:.4f} "
+             f"params {s['best']['params']}")
+        _log(f"wrote {stage_dir / 'results.csv'}, {stage_dir / 'configs.csv'}, {stage_dir / 'best_config.yaml'}, "
+             f"{stage_dir / 'summary.json'}, plots: {', '.join(p.name for p in plots)}")
 
 
 def _fail_search(client, uri, exp_id, parent, rows, reason, stage_dir, state_dir, exp_path) -> dict[str, Any]:

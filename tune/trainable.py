@@ -39,6 +39,8 @@ from typing import Any, Sequence
 
 from ray import tune as ray_tune
 
+from pahcl.train import Callback
+
 SEED_INDEX_KEY = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
 CONFIRM_KEY = "__confirm__"  # a confirmation run: its candidate label (a key of consts["confirm_points"])
 CKPT_NAME = "checkpoint.pt"
@@ -192,12 +194,106 @@ def _logged_points(client, run_id: str | None, warn) -> dict[str, set[int]]:
         return {}
 
 
+def _setup_trial(consts: dict, ov: dict, trial_dir, nonretry, with_test: bool):
+    """(GPU placement, Config, (train, val, test or None)). No GPU where one was assigned, a bad config or data
+    spec: the same on every retry, so the trial is marked non-retryable and fails once."""
+    from pahcl.config import build_config
+    from pahcl.train import prepare_data
+
+    from tune.gpu import place_trial
+
+    try:
+        placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
+        cfg = build_config(consts["base_tree"], ov)
+        # Data: loaded once per trial, cached under the run directory (absolute paths: trials do not run in
+        # cwd). The split uses the search's base seed so --seeds repeats differ in training only.
+        split_cfg = dataclasses.replace(cfg, seed=int(consts.get("split_seed", cfg.seed)))
+        sides = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None,
+                             with_test=with_test)  # the test side: read by confirmation runs only
+    except DETERMINISTIC_ERRORS as e:
+        _mark_nonretryable(nonretry, f"{type(e).__name__}: {e}", step=0)
+        raise
+    return placement, cfg, (sides if with_test else (*sides, None))
+
+
+class ReportCallback(Callback):
+    """After validation: flush MLflow, then checkpoint + ``ray_tune.report`` (the trial may be stopped there).
+    A confirmation run (``sides[2]``, the test split, not None) adds ``test/*`` at its last epoch."""
+
+    def __init__(self, run_id, placement: dict, cfg, sides, client, logger, trial_dir, events):
+        self.run_id, self.placement, self.cfg, self.sides = run_id, placement, cfg, sides
+        self.client, self.logger, self.trial_dir, self.events = client, logger, trial_dir, events
+
+    def on_epoch_end(self, trainer, metrics):
+        # the MLflow step callback (called first: it precedes this callback in the list) already logged the
+        # epoch metrics and flushed the step buffer, so everything reported below is in MLflow.
+        out = {k: float(v) for k, v in metrics.items()}
+        out["epoch"] = int(trainer.epoch)
+        out["mlflow_run_id"] = self.run_id
+        out.update(self.placement, trial_wall_report=time.time())
+        train, val, test = self.sides
+        if test is not None and trainer.epoch >= self.cfg.training.num_epochs:  # a confirmation run's last epoch
+            out.update(_score_test(trainer, train, val, test, self.cfg, self.client, self.run_id, self.logger))
+        if self.logger.degraded and self.trial_dir is not None:  # store down: make the buffer durable first
+            n = self.logger.spill(self.trial_dir / SPILL_NAME)
+            if self.events and n:
+                self.events("mlflow_spilled", metrics=n)
+        if self.events:  # the last report of a trial stopped there (ASHA, max_t) never returns
+            self.events("report", epoch=int(trainer.epoch), step=int(trainer.global_step),
+                        oom_retries=int(trainer.oom_retries))
+        with tempfile.TemporaryDirectory(prefix="pahcl_ckpt_") as d:
+            trainer.save_checkpoint(Path(d) / CKPT_NAME)
+            ray_tune.report(out, checkpoint=ray_tune.Checkpoint.from_directory(d))
+        if self.events:  # after report returned: the checkpoint of this epoch is persisted
+            self.events("reported", epoch=int(trainer.epoch), step=int(trainer.global_step))
+
+
+def _refuse_repeated_failure(nonretry: Path | None, events) -> None:
+    """Ray retried a trial whose failure is deterministic (marker file): fail at once with the same reason."""
+    if nonretry is not None and nonretry.exists():
+        reason = json.loads(nonretry.read_text()).get("reason", "?")
+        if events:
+            events("trial_start", resumed_from_epoch=None, refused=reason)
+        raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
+
+
+def _record_failure(e: Exception, trainer, events, nonretry, logger, trial_dir, client, run_id, trial_id) -> None:
+    """A trial that raised: the event, the non-retryable marker (NaN loss, OOM, user errors), the metrics kept
+    (spilled when MLflow is down) and the reason on the child run (FAILED)."""
+    from pahcl.train import NonFiniteLossError, StepOutOfMemoryError
+
+    reason = f"{type(e).__name__}: {e}"
+    if events:
+        events("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
+    if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError) + DETERMINISTIC_ERRORS):
+        _mark_nonretryable(nonretry, reason, step=trainer.global_step)
+    spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
+    if run_id is not None and not logger.degraded:
+        try:
+            client.set_tag(run_id, "pahcl.error", reason[:4900])
+            client.set_terminated(run_id, status="FAILED")
+        except Exception as me:  # noqa: BLE001 - MLflow down: the error still reaches Ray
+            print(f"[mlflow] could not record the failure of trial {trial_id}: {me}")
+    if events and spilled:
+        events("mlflow_spilled", metrics=spilled)
+
+
+def _tag_resume(tag, ckpt, trainer, logged: dict, used, skipped: list) -> None:
+    """Tags of a restored trial: the epoch it resumed from, points already logged, checkpoints refused."""
+    if ckpt is not None:
+        tag("pahcl.resumed_from_epoch", str(trainer.epoch))
+    if logged:  # the steps re-run after the checkpoint keep the points the interrupted attempt sent
+        tag("pahcl.points_already_logged", str(sum(len(v) for v in logged.values())))
+        if skipped:
+            tag("pahcl.resume_fallback", (f"resumed from {Path(used).name}" if used else "restarted from scratch")
+                + f"; refused: {' | '.join(skipped)}"[:4900])
+
+
 def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None:
     from tune.environment import setup_environment
 
     setup_environment()
-    from pahcl.config import build_config
-    from pahcl.train import Callback, NonFiniteLossError, StepOutOfMemoryError, Trainer, prepare_data
+    from pahcl.train import Trainer
 
     from tune.mlflow_utils import (
         BatchLogger, MLflowStepCallback, _client,
@@ -211,31 +307,14 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
     ctx = ray_tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     trial_dir = _storage_trial_dir()
-    from tune.gpu import place_trial
-
     hooks = trial_hooks(plugins, trial_id, str(trial_dir) if trial_dir else None)
     events = TrialEvents(hooks)  # the plug-ins' trial-event observers (falsy when there are none)
     nonretry = trial_dir / NONRETRYABLE if trial_dir else None
-    if nonretry is not None and nonretry.exists():  # Ray retried a deterministic failure: fail fast, same reason
-        reason = json.loads(nonretry.read_text()).get("reason", "?")
-        if events:
-            events("trial_start", resumed_from_epoch=None, refused=reason)
-        raise RuntimeError(f"{reason} [not retried: this failure repeats from the same checkpoint]")
+    _refuse_repeated_failure(nonretry, events)
     candidate = config.get(CONFIRM_KEY)
     config = trial_config(config, consts)
     ov = trial_overrides(config, consts)
-    try:  # no GPU where one was assigned, a bad config or data spec: the same on every retry, fail once
-        placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
-        cfg = build_config(consts["base_tree"], ov)
-        # Data: loaded once per trial, cached under the run directory (absolute paths: trials do not run in
-        # cwd). The split uses the search's base seed so --seeds repeats differ in training only.
-        split_cfg = dataclasses.replace(cfg, seed=int(consts.get("split_seed", cfg.seed)))
-        sides = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None,
-                             with_test=bool(candidate))  # the test side: read by confirmation runs only
-        train, val, test = sides if candidate else (*sides, None)
-    except DETERMINISTIC_ERRORS as e:
-        _mark_nonretryable(nonretry, f"{type(e).__name__}: {e}", step=0)
-        raise
+    placement, cfg, (train, val, test) = _setup_trial(consts, ov, trial_dir, nonretry, with_test=bool(candidate))
 
     # MLflow child run: created here (nested under the search's parent run), reused on restore.
     uri, exp_id, parent = consts["tracking_uri"], consts["experiment_id"], consts["parent_run_id"]
@@ -266,45 +345,15 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
         except Exception as e:  # noqa: BLE001
             logger.errors.append(f"set_tag {key}: {e}"[:300])
 
-    class _Report(Callback):
-        """After validation: flush MLflow, then checkpoint + tune.report (the trial may be stopped there)."""
-
-        def on_epoch_end(self, trainer, metrics):
-            # step_cb (called first: it precedes this callback in the list) already logged the epoch
-            # metrics and flushed the step buffer, so everything reported below is in MLflow.
-            out = {k: float(v) for k, v in metrics.items()}
-            out["epoch"] = int(trainer.epoch)
-            out["mlflow_run_id"] = run_id
-            out.update(placement, trial_wall_report=time.time())
-            if test is not None and trainer.epoch >= cfg.training.num_epochs:  # a confirmation run's last epoch
-                out.update(_score_test(trainer, train, val, test, cfg, client, run_id, logger))
-            if logger.degraded and trial_dir is not None:  # store down: make the buffer durable before report
-                n = logger.spill(trial_dir / SPILL_NAME)
-                if events and n:
-                    events("mlflow_spilled", metrics=n)
-            if events:  # the last report of a trial stopped there (ASHA, max_t) never returns
-                events("report", epoch=int(trainer.epoch), step=int(trainer.global_step),
-                               oom_retries=int(trainer.oom_retries))
-            with tempfile.TemporaryDirectory(prefix="pahcl_ckpt_") as d:
-                trainer.save_checkpoint(Path(d) / CKPT_NAME)
-                ray_tune.report(out, checkpoint=ray_tune.Checkpoint.from_directory(d))
-            if events:  # after report returned: the checkpoint of this epoch is persisted
-                events("reported", epoch=int(trainer.epoch), step=int(trainer.global_step))
-
-    callbacks = [step_cb, *hooks, _Report()]
+    report = ReportCallback(run_id, placement, cfg, (train, val, test), client, logger, trial_dir, events)
+    callbacks = [step_cb, *hooks, report]
 
     def make_trainer():
         return Trainer(cfg, train, val, callbacks=callbacks, out_dir=None, log=print)
 
     ckpt = ray_tune.get_checkpoint()
     trainer, used, skipped = restore_latest_good(make_trainer, ckpt, print)
-    if ckpt is not None:
-        tag("pahcl.resumed_from_epoch", str(trainer.epoch))
-    if logged:  # the steps re-run after the checkpoint keep the points the interrupted attempt sent
-        tag("pahcl.points_already_logged", str(sum(len(v) for v in logged.values())))
-        if skipped:
-            tag("pahcl.resume_fallback", (f"resumed from {Path(used).name}" if used else "restarted from scratch")
-                + f"; refused: {' | '.join(skipped)}"[:4900])
+    _tag_resume(tag, ckpt, trainer, logged, used, skipped)
     if events:
         events("trial_start", resumed_from_epoch=trainer.epoch if ckpt is not None else None,
                        checkpoint=Path(used).name if used else None, skipped=len(skipped))
@@ -313,20 +362,7 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
         trainer.fit()
     except Exception as e:  # NOT BaseException: a trial stopped by ASHA/Ray gets SystemExit(0) from
         # tune.report (ray.train._internal.session, stop_event -> sys.exit(0)); that is no failure
-        reason = f"{type(e).__name__}: {e}"
-        if events:
-            events("error", type=type(e).__name__, message=str(e)[:500], step=trainer.global_step)
-        if isinstance(e, (NonFiniteLossError, StepOutOfMemoryError) + DETERMINISTIC_ERRORS):
-            _mark_nonretryable(nonretry, reason, step=trainer.global_step)
-        spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
-        if run_id is not None and not logger.degraded:  # the reason on the child run (FAILED)
-            try:
-                client.set_tag(run_id, "pahcl.error", reason[:4900])
-                client.set_terminated(run_id, status="FAILED")
-            except Exception as me:  # noqa: BLE001 - MLflow down: the error still reaches Ray
-                print(f"[mlflow] could not record the failure of trial {trial_id}: {me}")
-        if events and spilled:
-            events("mlflow_spilled", metrics=spilled)
+        _record_failure(e, trainer, events, nonretry, logger, trial_dir, client, run_id, trial_id)
         raise
     spilled = logger.close_safe(trial_dir / SPILL_NAME if trial_dir else None)
     if events and spilled:
