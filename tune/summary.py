@@ -11,13 +11,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-SEED_INDEX_KEY = "__trial_index__"
-
-
-def _plain(v):
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    return v
+from tune.spaces import _plain  # one definition: numpy scalars -> Python scalars
+from tune.trainable import SEED_INDEX_KEY
 
 
 def collect_trials(result_grid, space) -> list[dict]:
