@@ -166,17 +166,10 @@ class Space:
         name = resolve_preset(self.preset)
         return deep_merge(tree, _read_mapping(PRESET_DIR / f"{name}.yaml", "preset"))
 
-    def trial_overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Fixed values + inherited values + the trial's sampled values + derived keys."""
-        ov: dict[str, Any] = {"training.num_epochs": self.max_epochs}
-        ov.update(self.fixed)
-        ov.update({k: _plain(v) for k, v in params.items()})
-        if self.effective_batch_size:
-            bs = ov.get("training.batch_size")
-            if bs is None:
-                bs = _get_dotted(self.base_tree(), "training.batch_size")
-            ov["training.gradient_accumulation_steps"] = derive_accumulation(int(bs), self.effective_batch_size)
-        return ov
+    def trial_overrides(self, params: Mapping[str, Any], seed_index: int | None = None) -> dict[str, Any]:
+        """``overrides_for`` this space: what a trial with these sampled values runs."""
+        return overrides_for(params, fixed=self.fixed, max_epochs=self.max_epochs, base_tree=self.base_tree(),
+                             effective_batch_size=self.effective_batch_size, seed_index=seed_index)
 
     def baseline_params(self) -> dict[str, Any]:
         """The stage's baseline configuration as sampled values: for each searched key the inherited value,
@@ -245,6 +238,25 @@ def _get_dotted(tree: Mapping, key: str):
 
 def _read_mapping(path: Path, what: str) -> dict:
     return read_yaml_mapping(path, what, SpaceError)
+
+
+def overrides_for(params: Mapping[str, Any], *, fixed: Mapping[str, Any], max_epochs: int, base_tree: Mapping,
+                  effective_batch_size: int | None = None, seed_index: int | None = None) -> dict[str, Any]:
+    """THE path from a trial's sampled values to its dotted config overrides (driver checks, trials, summary,
+    benches): ``training.num_epochs`` = max_epochs, then fixed (inherited included), then the sampled values,
+    then the derived gradient accumulation (effective batch / batch size) and, with ``seed_index``, the seed
+    (base seed + index: ``--seeds`` repeats and confirmation runs)."""
+    ov: dict[str, Any] = {"training.num_epochs": int(max_epochs)}
+    ov.update(fixed)
+    ov.update({k: _plain(v) for k, v in params.items()})
+    if effective_batch_size:
+        bs = ov.get("training.batch_size")
+        if bs is None:
+            bs = _get_dotted(base_tree, "training.batch_size")
+        ov["training.gradient_accumulation_steps"] = derive_accumulation(int(bs), int(effective_batch_size))
+    if seed_index is not None:
+        ov["seed"] = int(ov.get("seed", base_tree.get("seed", 42))) + int(seed_index)
+    return ov
 
 
 def derive_accumulation(batch_size: int, effective: int) -> int:

@@ -56,19 +56,13 @@ def trial_config(config: dict, consts: dict) -> dict:
 
 
 def trial_overrides(config: dict, consts: dict) -> dict[str, Any]:
-    """Dotted overrides for this trial: fixed + sampled + derived + seed + budget caps."""
-    ov: dict[str, Any] = {"training.num_epochs": int(consts["max_epochs"])}
-    ov.update(consts.get("fixed") or {})
-    params = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items() if k != SEED_INDEX_KEY}
-    ov.update(params)
-    eff = consts.get("effective_batch_size")
-    if eff:
-        bs = int(ov.get("training.batch_size", consts["base_tree"].get("training", {}).get("batch_size", 64)))
-        ov["training.gradient_accumulation_steps"] = max(1, int(eff) // bs)
-    idx = int(config.get(SEED_INDEX_KEY, 0) or 0)
-    base_seed = int(ov.get("seed", consts["base_tree"].get("seed", 42)))
-    ov["seed"] = base_seed + idx
-    return ov
+    """Dotted overrides for this trial: ``tune.spaces.overrides_for`` with the search's constants."""
+    from tune.spaces import overrides_for
+
+    params = {k: v for k, v in config.items() if k != SEED_INDEX_KEY}
+    return overrides_for(params, fixed=consts.get("fixed") or {}, max_epochs=consts["max_epochs"],
+                         base_tree=consts["base_tree"], effective_batch_size=consts.get("effective_batch_size"),
+                         seed_index=int(config.get(SEED_INDEX_KEY, 0) or 0))
 
 
 SPILL_NAME = "mlflow_unsent.jsonl"  # metrics MLflow could not take (store down at the end of the trial)

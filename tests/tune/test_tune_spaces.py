@@ -307,3 +307,23 @@ def test_changed_data_files_under_the_same_spec_are_refused(tmp_path):
         _check_inherited_data(sp, {"data_fingerprint": "b" * 64}, allow=False)
     _check_inherited_data(sp, {"data_fingerprint": "b" * 64}, allow=True)
 
+
+
+def test_one_path_from_sampled_values_to_overrides(tmp_path):
+    """The trial (from the search's constants) and the driver/summary (from the Space) get the same overrides
+    from the one function, spaces.overrides_for (issue 14 item 1)."""
+    from tune.spaces import overrides_for
+    from tune.trainable import SEED_INDEX_KEY, trial_overrides
+
+    sp = load_space("simclr_stage1", results_root=tmp_path, log=lambda m: None)
+    consts = {"fixed": dict(sp.fixed), "max_epochs": sp.max_epochs, "base_tree": sp.base_tree(),
+              "effective_batch_size": sp.effective_batch_size}
+    params = {"training.learning_rate": 3e-3, "training.warmup_epochs": 10, "training.batch_size": 64}
+    for idx in (0, 2):
+        assert trial_overrides({**params, SEED_INDEX_KEY: idx}, consts) == sp.trial_overrides(params, seed_index=idx)
+    ov = sp.trial_overrides(params, seed_index=2)
+    assert ov["training.gradient_accumulation_steps"] == sp.effective_batch_size // 64
+    assert ov["seed"] == int(sp.base_tree().get("seed", 42)) + 2 and "seed" not in sp.trial_overrides(params)
+    assert overrides_for({}, fixed={"seed": 7}, max_epochs=3, base_tree={}, seed_index=1)["seed"] == 8
+    with pytest.raises(SpaceError, match="effective_batch_size"):
+        overrides_for({"training.batch_size": 48}, fixed={}, max_epochs=1, base_tree={}, effective_batch_size=256)
