@@ -79,6 +79,19 @@ def write_json(path: str | os.PathLike | None, obj: dict) -> None:
     print(f"wrote {p}", file=sys.stderr)
 
 
+def worker_results(procs, what: str) -> list:
+    """Wait for worker processes (stdout piped) and join the JSON lists each printed as its last
+    ``RESULT <json>`` line; a worker without one is an error naming ``what``."""
+    out = []
+    for p in procs:
+        text, _ = p.communicate()
+        line = next((ln for ln in reversed(text.splitlines()) if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"{what} worker failed (rc {p.returncode})")
+        out += json.loads(line[7:])
+    return out
+
+
 def spread(values: Sequence[float]) -> dict[str, float]:
     v = [float(x) for x in values]
     if not v:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, RESULTS, command, machine, write_json
+from _common import REPO, command, machine, worker_results, write_json
 
 SETTINGS = ["synthetic:40", "synthetic:120", "yaseen:../shared/data/yaseen2018"]
 TRAIN_SEEDS = [0, 1, 2]
@@ -156,13 +156,7 @@ def main(argv=None) -> int:
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(
         {"cache": cache, "smoke": a.smoke_test, "jobs": p})], cwd=REPO, stdout=subprocess.PIPE, text=True)
         for p in parts if p]
-    runs = []
-    for p in procs:
-        out, _ = p.communicate()
-        line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise RuntimeError(f"objective_noise worker failed (rc {p.returncode})")
-        runs += json.loads(line[7:])
+    runs = worker_results(procs, "objective_noise")
     res = {"command": command(argv), "machine": machine(), "load_start": load0, "seconds": time.perf_counter() - t0,
            "runs": runs, "summary": analyse(runs)}
     print(markdown(res))

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, command, machine, md_table, spread, write_json
+from _common import REPO, command, machine, md_table, spread, worker_results, write_json
 
 
 LR = [6.7e-4, 2.0e-3, 6.0e-3]
@@ -209,13 +209,7 @@ def run_noise(saved: dict, seeds: list[int], tmp: Path, cache: Path) -> dict:
     procs = [subprocess.Popen([sys.executable, __file__, "--noise-worker", json.dumps(
         {"tmp": str(tmp), "cache": str(cache), "args": saved["args"], "jobs": h})], cwd=REPO,
         stdout=subprocess.PIPE, text=True) for h in halves if h]
-    rows = []
-    for p in procs:
-        out, _ = p.communicate()
-        line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise RuntimeError(f"noise worker failed (rc {p.returncode})")
-        rows += json.loads(line[7:])
+    rows = worker_results(procs, "noise")
     truth = {_key({"training.learning_rate": t["params"]["training.learning_rate"],
                    "training.warmup_epochs": t["params"]["training.warmup_epochs"],
                    "model.moco_momentum": t["params"]["model.moco_momentum"]}): t["metric"]
