@@ -107,16 +107,19 @@ def knn_scores(
     if len(b) == 0:
         raise ValueError("knn_scores: empty feature bank")
     k = min(k, len(b))
-    out = []
-    for s in range(0, len(q), chunk):
-        sim = q[s : s + chunk] @ b.T
-        top, idx = sim.topk(k, dim=1)
-        # subtract the row max before exp: same normalised votes, no overflow for small temperatures
-        w = ((top - top[:, :1]) / temperature).exp()
-        scores = torch.zeros(len(top), num_classes)
-        scores.scatter_add_(1, yb[idx], w)
-        out.append(scores / scores.sum(1, keepdim=True))
+    out = [_knn_vote(q[s : s + chunk] @ b.T, yb, k, temperature, num_classes) for s in range(0, len(q), chunk)]
     return torch.cat(out).numpy() if out else np.zeros((0, num_classes), dtype=np.float32)
+
+
+def _knn_vote(sim: torch.Tensor, bank_labels: torch.Tensor, k: int, temperature: float,
+              num_classes: int) -> torch.Tensor:
+    """Weighted vote of the ``k`` most similar bank items per row of ``sim`` [n, N] -> [n, C], rows sum 1."""
+    top, idx = sim.topk(k, dim=1)
+    # subtract the row max before exp: same normalised votes, no overflow for small temperatures
+    w = ((top - top[:, :1]) / temperature).exp()
+    scores = torch.zeros(len(top), num_classes)
+    scores.scatter_add_(1, bank_labels[idx], w)
+    return scores / scores.sum(1, keepdim=True)
 
 
 @torch.no_grad()
@@ -136,11 +139,7 @@ def knn_scores_leave_group_out(feats, labels, groups, num_classes: int, k: int =
     for s in range(0, len(f), chunk):
         sim = f[s : s + chunk] @ f.T  # [n, N]
         sim[g[s : s + chunk, None] == g[None, :]] = -float("inf")  # own group: never a neighbour
-        top, idx = sim.topk(k, dim=1)
-        w = ((top - top[:, :1]) / temperature).exp()
-        scores = torch.zeros(len(top), num_classes)
-        scores.scatter_add_(1, y[idx], w)
-        out.append(scores / scores.sum(1, keepdim=True))
+        out.append(_knn_vote(sim, y, k, temperature, num_classes))
     return torch.cat(out).numpy()
 
 

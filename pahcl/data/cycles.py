@@ -421,10 +421,9 @@ def split_train_val_test(cycles: CycleSet, val_fraction: float, test_fraction: f
     if n_groups < 3:
         raise ValueError(f"split_train_val_test: {n_groups} group(s); train, validation and test need at least 3 "
                          "groups (patients / recordings); use more data or data.test_fraction=0")
-    rest, te = split_by_group(cycles, test_fraction, seed, log=log)
-    rest = rest[np.argsort(rest)]
+    rest, te = split_by_group(cycles, test_fraction, seed, log=log)  # sorted: so are rest[tr_r], rest[va_r]
     tr_r, va_r = split_by_group(cycles.subset(rest), val_fraction, seed, log=log)
-    return np.sort(rest[tr_r]).astype(np.int64), np.sort(rest[va_r]).astype(np.int64), np.sort(te).astype(np.int64)
+    return rest[tr_r], rest[va_r], te
 
 
 def unseen_classes_message(unseen: list[str], val_labels: np.ndarray) -> str:
