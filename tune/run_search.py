@@ -594,11 +594,9 @@ def _start_search(space, args, results_dir: Path, stage_dir: Path, cli: dict, bu
     from pahcl.train import prepare_data
 
     cfg0 = build_config(space.base_tree(), space.trial_overrides({k: d.candidates()[0] for k, d in space.params.items()}))
-    tr, va = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None)
-    n_test = len(prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None, with_test=True)[2]) \
-        if space.test_fraction else 0
+    tr, va, te = prepare_data(cfg0, space.data, cache_dir=cache_dir, log=lambda m: None, with_test=True)
     _log(f"[data] {space.data}: {len(tr)} training / {len(va)} validation cycles"
-         + (f" / {n_test} test cycles held out for the confirmation" if n_test else "") + f" (cache {cache_dir})")
+         + (f" / {len(te)} test cycles held out for the confirmation" if len(te) else "") + f" (cache {cache_dir})")
     _check_trials_can_run(space, cfg0, len(tr), local=not args.address)
     provenance = _provenance(space, budget, tr.info.get("fingerprint", ""))
     _check_inherited_data(space, provenance, args.inherit_anyway)

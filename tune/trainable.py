@@ -158,19 +158,14 @@ def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config
     return run.info.run_id
 
 
-def _score_test(trainer, train, val, test, cfg, client, run_id, logger) -> dict[str, float]:
-    """``pahcl.evaluate.test_metrics`` of the trained model (bank: train + validation), also on the child run."""
+def _score_test(trainer, train, val, test, cfg, logger) -> dict[str, float]:
+    """``pahcl.evaluate.test_metrics`` of the trained model (bank: train + validation), also logged to the child
+    run through the trial's ``BatchLogger`` (x = epoch; buffered and spilled like every metric if MLflow is down)."""
     from pahcl.evaluate import test_metrics
 
     m = test_metrics(trainer.model, [train, val], test, cfg, trainer.device, seed=cfg.seed)
-    if run_id is not None:
-        try:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(trainer.epoch)) for k, v in m.items()])
-        except Exception as e:  # noqa: BLE001 - the result still reaches Ray (and summary.json)
-            logger.errors.append(f"test metrics: {e}"[:300])
+    logger.add(m, int(trainer.epoch))
+    logger.flush_safe(block=False)
     return m
 
 
@@ -214,9 +209,9 @@ class ReportCallback(Callback):
     """After validation: flush MLflow, then checkpoint + ``ray_tune.report`` (the trial may be stopped there).
     A confirmation run (``sides[2]``, the test split, not None) adds ``test/*`` at its last epoch."""
 
-    def __init__(self, run_id, placement: dict, cfg, sides, client, logger, trial_dir, events):
+    def __init__(self, run_id, placement: dict, cfg, sides, logger, trial_dir, events):
         self.run_id, self.placement, self.cfg, self.sides = run_id, placement, cfg, sides
-        self.client, self.logger, self.trial_dir, self.events = client, logger, trial_dir, events
+        self.logger, self.trial_dir, self.events = logger, trial_dir, events
 
     def on_epoch_end(self, trainer, metrics):
         # the MLflow step callback (called first: it precedes this callback in the list) already logged the
@@ -227,7 +222,7 @@ class ReportCallback(Callback):
         out.update(self.placement, trial_wall_report=time.time())
         train, val, test = self.sides
         if test is not None and trainer.epoch >= self.cfg.training.num_epochs:  # a confirmation run's last epoch
-            out.update(_score_test(trainer, train, val, test, self.cfg, self.client, self.run_id, self.logger))
+            out.update(_score_test(trainer, train, val, test, self.cfg, self.logger))
         if self.logger.degraded and self.trial_dir is not None:  # store down: make the buffer durable first
             n = self.logger.spill(self.trial_dir / SPILL_NAME)
             if self.events and n:
@@ -339,7 +334,7 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
         except Exception as e:  # noqa: BLE001
             logger.errors.append(f"set_tag {key}: {e}"[:300])
 
-    report = ReportCallback(run_id, placement, cfg, (train, val, test), client, logger, trial_dir, events)
+    report = ReportCallback(run_id, placement, cfg, (train, val, test), logger, trial_dir, events)
     callbacks = [step_cb, *hooks, report]
 
     def make_trainer():
