@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tune.summary import beyond_noise
 from tune.trainable import CONFIRM_KEY
 
 CONFIRM_METRIC = "test/knn_acc"  # the verdict's metric: the search's protocol (kNN), on the test split
@@ -49,11 +50,11 @@ def candidates(rows: list[dict], agg, df, space, top: int) -> list[dict]:
 
 def points(cands: list[dict], seeds: int) -> dict[str, dict]:
     """The confirmation trials: label ``<candidate>/s<i>`` -> its params and fresh seed index."""
-    return {f"{c['label']}/s{i}": {"candidate": c["label"], "params": c["params"], "seed_index": FRESH_SEED_OFFSET + i}
+    return {f"{c['label']}/s{i}": {"params": c["params"], "seed_index": FRESH_SEED_OFFSET + i}
             for c in cands for i in range(seeds)}
 
 
-def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: str, cands: list[dict], seeds: int,
+def run(space, context, resources, mlflow_ids: dict, ray_dir, search_id: str, cands: list[dict], seeds: int,
         log: Callable[[str], None], max_failures: int = 2):
     """Train every (candidate, seed) to max_epochs with the search's trainable; returns Ray's ResultGrid.
     A search resumed after the confirmation started continues the same Ray experiment."""
@@ -63,9 +64,8 @@ def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: st
     from tune.mlflow_utils import EndChildRunsCallback
     from tune.trainable import train_pahcl
 
-    pts = points(cands, seeds)
-    c_consts = {**consts, "confirm_points": pts}
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, consts=c_consts), resources.as_ray())
+    ctx = context.with_confirm_points(points(cands, seeds))  # tune.context.TrialContext
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, context=ctx), resources.as_ray())
     name = f"{search_id}-confirm"
     path = ray_dir / name
     if Tuner.can_restore(str(path)):
@@ -75,7 +75,7 @@ def run(space, consts: dict, resources, mlflow_ids: dict, ray_dir, search_id: st
         cb = EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"], mlflow_ids["parent_run_id"],
                                   space.max_epochs)
         tuner = ray_tune.Tuner(
-            trainable, param_space={CONFIRM_KEY: ray_tune.grid_search(list(pts))},
+            trainable, param_space={CONFIRM_KEY: ray_tune.grid_search(list(ctx.confirm_points))},
             tune_config=ray_tune.TuneConfig(num_samples=1, max_concurrent_trials=space.max_concurrent_trials,
                                         reuse_actors=True),
             run_config=ray_tune.RunConfig(name=name, storage_path=str(ray_dir), callbacks=[cb],
@@ -154,7 +154,7 @@ def verdict(rows: list[dict]) -> tuple[str, str]:
 
     def beyond(other) -> bool:
         margin = win[f"{k} mean"] - other[f"{k} mean"]
-        return margin > max(win[f"{k} std"], other[f"{k} std"]) and min(win["n_seeds"], other["n_seeds"]) > 1
+        return beyond_noise(margin, win[f"{k} std"], other[f"{k} std"]) and min(win["n_seeds"], other["n_seeds"]) > 1
 
     base = next(r for r in rows if r["candidate"].endswith(BASELINE))
     rival = [r for r in ok[1:] if not r["candidate"].endswith(BASELINE)]

@@ -1,7 +1,7 @@
 """GPU placement of a trial, the cluster GPU check, and the test-only GPU simulation switch.
 
-In a trial (``tune/trainable.py``): ``place_trial(consts)`` reads what Ray assigned (``ray.get_gpu_ids()``
-and the trial's GPU share), applies the planned allocator cap (``consts["gpu_fraction"]``) with
+In a trial (``tune/trainable.py``): ``place_trial(context)`` reads what Ray assigned (``ray.get_gpu_ids()``
+and the trial's GPU share), applies the planned allocator cap (``context.gpu_fraction``) with
 ``torch.cuda.set_per_process_memory_fraction`` and returns what it did; the trial reports those fields
 with every result (``gpu_ids``, ``gpu_share``, ``gpu_cap_fraction``, ``gpu_cap_gib``, ``gpu_simulated``,
 ``trial_wall_start``) and writes them to ``pahcl_gpu.json`` in its directory.
@@ -13,7 +13,7 @@ Simulation (tests only; never set in real use): ``PAHCL_SIMULATED_GPU='{"total_g
 "used_gib": 0}'`` in the DRIVER's environment. The driver then (1) starts its local Ray with ``num_gpus``
 (default 1) declared GPUs, (2) treats the machine as having CUDA for ``--gpus-per-trial``, with ``auto``
 packing by the given peak and device size instead of running the probe, and (3) passes the switch to the
-trials in their constants (``consts["gpu_simulation"]``): a trial then records its assignment and
+trials in their context (``TrialContext.gpu_simulation``): a trial then records its assignment and
 planned cap and trains on the CPU. Ray accepts declared GPUs without hardware (``ray start --num-gpus 1``).
 """
 from __future__ import annotations
@@ -55,8 +55,8 @@ def local_num_gpus() -> int | None:
     return sim["num_gpus"] if sim else None
 
 
-def sim_consts() -> dict[str, Any] | None:
-    """What the trials need of the simulation switch (passed in their constants), or None."""
+def simulation_context() -> dict[str, Any] | None:
+    """What the trials need of the simulation switch (``TrialContext.gpu_simulation``), or None."""
     sim = simulated_gpu()
     return None if sim is None else {"total": sim["total"]}
 
@@ -90,13 +90,12 @@ def _assigned() -> tuple[list[str], float]:
     return ids, share
 
 
-def place_trial(consts: dict, trial_dir: Path | None = None) -> dict[str, Any]:
+def place_trial(context, trial_dir: Path | None = None) -> dict[str, Any]:
     """Apply the planned memory cap on the assigned GPU; record what was assigned and applied."""
     import torch
 
     ids, share = _assigned()
-    frac = consts.get("gpu_fraction")
-    sim = consts.get("gpu_simulation")
+    frac, sim = context.gpu_fraction, context.gpu_simulation  # tune.context.TrialContext
     rec: dict[str, Any] = {"gpu_ids": ",".join(ids), "gpu_share": share, "gpu_cap_fraction": float(frac or 0.0),
                            "gpu_cap_gib": 0.0, "gpu_simulated": bool(sim and ids), "trial_wall_start": time.time()}
     if ids and not torch.cuda.is_available():

@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 
 from pahcl.config import ConfigError
 from pahcl.data.readers import DataSpecError, NoUsableRecordingsError
+from tune.context import TrialContext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,11 +154,11 @@ def _comparable(opt: str, value):
 def check_resume_options(args, meta: dict) -> None:
     """--resume with an option that differs from the one the search started with: ConfigError (exit 2) naming
     the options, their original values and the fix. Repeating the original value is fine."""
-    cli, consts, bad = meta.get("cli") or {}, meta.get("consts") or {}, []
+    cli, context, bad = meta.get("cli") or {}, meta["context"], []
     original = {**{opt: cli.get(opt) for opt in RESUME_FIXED}, "budget": meta.get("budget"),
                 "mlflow_uri": (meta.get("mlflow") or {}).get("tracking_uri"), "max_failures": meta.get("max_failures")}
     seeds = original["seeds"] = original["seeds"] or 1
-    for opt, used in (("data", consts.get("data")), ("max_epochs", consts.get("max_epochs")),
+    for opt, used in (("data", context["data"]), ("max_epochs", context["max_epochs"]),
                       ("num_samples", int(meta.get("total_trials", 0)) // seeds or None)):
         original[opt] = original[opt] if original[opt] is not None else used  # the space's value, as run
     for opt in sorted(args.given & set(original)):
@@ -171,25 +172,24 @@ def check_resume_options(args, meta: dict) -> None:
                           "new search without --resume")
 
 
-def build_consts(space, args, search_id: str, cache_dir: Path, mlflow_ids: dict, res) -> dict[str, Any]:
-    """Constants for every trial (passed with tune.with_parameters, never in param_space). JSON-safe."""
+def build_context(space, search_id: str, cache_dir: Path, mlflow_ids: dict, res) -> TrialContext:
+    """What every trial of this search shares (``tune.context.TrialContext``; passed with tune.with_parameters,
+    never in param_space; recorded in search_meta.json for --resume)."""
     base_tree = space.base_tree()
-    return {
-        "stage": space.name, "search_id": search_id, "base_tree": base_tree, "fixed": dict(space.fixed),
-        "effective_batch_size": space.effective_batch_size, "max_epochs": space.max_epochs,
-        "data": space.data, "cache_dir": str(cache_dir.resolve()),
-        "split_seed": int(space.fixed.get("seed", base_tree.get("seed", 42))),
-        "tracking_uri": mlflow_ids["tracking_uri"], "experiment_id": mlflow_ids["experiment_id"],
-        "parent_run_id": mlflow_ids["parent_run_id"], "flush_seconds": 5.0,
-        "gpu_fraction": res.gpu_fraction, "threads_per_trial": max(1, int(res.cpus)),
-        "gpu_simulation": _gpu_simulation(),
-    }
+    return TrialContext(
+        stage=space.name, search_id=search_id, base_tree=base_tree, fixed=dict(space.fixed),
+        max_epochs=space.max_epochs, data=space.data, cache_dir=str(cache_dir.resolve()),
+        split_seed=int(space.fixed.get("seed", base_tree.get("seed", 42))),
+        tracking_uri=mlflow_ids["tracking_uri"], experiment_id=mlflow_ids["experiment_id"],
+        parent_run_id=mlflow_ids["parent_run_id"], effective_batch_size=space.effective_batch_size,
+        threads_per_trial=max(1, int(res.cpus)), gpu_fraction=res.gpu_fraction, gpu_simulation=_gpu_simulation(),
+    )
 
 
 def _gpu_simulation():
-    from tune.gpu import sim_consts
+    from tune.gpu import simulation_context
 
-    return sim_consts()
+    return simulation_context()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -541,6 +541,7 @@ def _resume_meta(args, results_dir: Path, stage_name: str) -> dict:
     if not meta_path.exists():
         raise SpaceError(f"--resume: {meta_path} is missing; cannot resume {search_id}")
     meta = json.loads(meta_path.read_text())
+    TrialContext.from_dict(meta.get("context"), source=str(meta_path))  # an older service's record: refused here
     check_resume_options(args, meta)
     _log(f"[resume] search {search_id} ({exp_path}); original options: {meta['cli']}, budget {meta['budget']}")
     return meta
@@ -567,7 +568,7 @@ def _load_checked_space(args, results_dir: Path, meta: dict | None, budget, cli:
                 f"(hash {meta['space_hash'][:12]} -> {h[:12]}; files: {space.path}, {space.base_config}). "
                 "Restore the original files or start a new search without --resume.")
         # use exactly what the original run resolved (inheritance may have changed since)
-        space.fixed = meta["consts"]["fixed"]
+        space.fixed = TrialContext.from_dict(meta["context"]).fixed
     if budget == "synthetic_cpu" and not args.resume:
         _log(synthetic_cpu_message(args, space, seeds))
     if args.smoke_test and not args.resume:
@@ -619,13 +620,13 @@ def _start_search(space, args, results_dir: Path, stage_dir: Path, cli: dict, bu
     _OPEN_PARENT.update(uri=uri, run_id=parent)
     save_trials_view(uri, exp_id, space.metric, space.mode, list(space.params))
     mlflow_ids = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
-    consts = build_consts(space, args, search_id, cache_dir, mlflow_ids, res)
+    context = build_context(space, search_id, cache_dir, mlflow_ids, res)
     state_dir = stage_dir / "searches" / search_id
     state_dir.mkdir(parents=True, exist_ok=True)
     meta = {"search_id": search_id, "space": str(space.path), "space_hash": h, "budget": budget, "cli": cli,
             "provenance": provenance,
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
-            "mlflow": mlflow_ids, "consts": consts, "total_trials": space.num_samples * seeds,
+            "mlflow": mlflow_ids, "context": context.to_dict(), "total_trials": space.num_samples * seeds,
             "max_failures": args.max_failures,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(state_dir / META_NAME, meta)
@@ -660,7 +661,8 @@ def _fit(space, seeds: int, meta: dict, stage_dir: Path, results_dir: Path, args
     search_id, r = meta["search_id"], meta["resources"]
     exp_path, state_dir = stage_dir / "ray" / search_id, stage_dir / "searches" / search_id
     # plug-ins: passed explicitly, trial workers do not see the driver's later environment
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, consts=meta["consts"], plugins=plugins),
+    context = TrialContext.from_dict(meta["context"])
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, context=context, plugins=plugins),
                                         TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"]).as_ray())
     total = int(meta["total_trials"])
     if resuming:
@@ -766,7 +768,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
             _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
     except Exception as e:  # noqa: BLE001
         mlflow_down = e
-    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["consts"]["base_tree"], log=_log,
+    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["context"]["base_tree"], log=_log,
                         provenance=meta.get("provenance"))
     df, agg = out["df"], out["agg"]
     plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=None if mlflow_down else uri, log=_log)
@@ -845,8 +847,8 @@ def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, 
 
     r = meta["resources"]
     cands = confirm.candidates(rows, out["agg"], out["df"], space, space.confirm_top)
-    grid = confirm.run(space, meta["consts"], TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"]), meta["mlflow"],
-                       stage_dir / "ray", meta["search_id"], cands, space.confirm_seeds, _log,
+    res = TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"])
+    grid = confirm.run(space, TrialContext.from_dict(meta["context"]), res, meta["mlflow"], stage_dir / "ray", meta["search_id"], cands, space.confirm_seeds, _log,
                        max_failures=args.max_failures)
     left = confirm.unfinished(grid, space.max_epochs)
     if left:  # interrupted: no verdict from part of the runs; --resume continues them
@@ -862,7 +864,7 @@ def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, 
     conf = {"metric": confirm.CONFIRM_METRIC, "seeds": space.confirm_seeds, "top": space.confirm_top,
             "test_fraction": space.test_fraction, "baseline": space.baseline_params(), "winner": winner,
             "verdict": verdict, "table": confirm.json_safe(table)}
-    summary = write_confirmation([stage_dir, state_dir], space, meta["consts"]["base_tree"], out["summary"], conf,
+    summary = write_confirmation([stage_dir, state_dir], space, meta["context"]["base_tree"], out["summary"], conf,
                                  params)
     if params is not None:
         _log(f"best_config.yaml: the confirmation winner {winner} {params}")

@@ -140,6 +140,12 @@ def rank_trials(rows: list[dict], space) -> pd.DataFrame:
     return df
 
 
+def beyond_noise(margin: float, std_a: float, std_b: float) -> bool:
+    """The one "within noise" rule (seed aggregation here, the confirmation's verdict in tune/confirm.py): a
+    difference counts only when it exceeds the larger seed std of the pair (equal is within noise)."""
+    return margin > max(std_a, std_b)
+
+
 def aggregate_seeds(df: pd.DataFrame, space) -> pd.DataFrame:
     """Per configuration: mean ± std over seeds; differences to the best smaller than the seed spread
     are marked 'within noise'."""
@@ -164,11 +170,10 @@ def aggregate_seeds(df: pd.DataFrame, space) -> pd.DataFrame:
         if i == 0:
             verdict.append("best")
             continue
-        spread = max(best_std, row["std"])
         diff = abs(best_mean - row["mean"])
         if not math.isfinite(diff):
             verdict.append("no result")
-        elif row["n_seeds"] > 1 and diff < spread:
+        elif row["n_seeds"] > 1 and not beyond_noise(diff, best_std, row["std"]):
             verdict.append("within noise")
         elif row["n_seeds"] > 1:
             verdict.append("worse (beyond seed spread)")

@@ -1,11 +1,11 @@
 """The Ray Tune function trainable: one trial = one ``pahcl.train.Trainer`` run.
 
-    trainable = ray_tune.with_parameters(train_pahcl, consts=consts, plugins=plugins)   # constants, not param_space
+    trainable = ray_tune.with_parameters(train_pahcl, context=context, plugins=plugins)   # not param_space
 
 ``config`` (from the searcher) holds only the sampled dotted keys (plus ``__trial_index__`` when
-``--seeds`` > 1: the seed index of this repeat). ``consts`` (a plain dict, see
-``run_search.build_consts``) holds the base config tree, fixed overrides, derived rule, data spec,
-the ABSOLUTE data cache dir, and the MLflow ids.
+``--seeds`` > 1: the seed index of this repeat; a confirmation run: ``__confirm__``, its candidate label).
+``context`` (``tune.context.TrialContext``, built once by ``run_search.build_context``) holds the base
+config tree, fixed overrides, derived rule, data spec, the ABSOLUTE data cache dir, and the MLflow ids.
 
 Per epoch: per-step metrics buffered to MLflow, epoch metrics logged, buffer flushed, then
 ``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))``. On restart the trial resumes
@@ -40,28 +40,29 @@ from typing import Any, Sequence
 from ray import tune as ray_tune
 
 from pahcl.train import Callback
+from tune.context import TrialContext
 
 SEED_INDEX_KEY = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX
-CONFIRM_KEY = "__confirm__"  # a confirmation run: its candidate label (a key of consts["confirm_points"])
+CONFIRM_KEY = "__confirm__"  # a confirmation run: its candidate label (a key of context.confirm_points)
 CKPT_NAME = "checkpoint.pt"
 
 
-def trial_config(config: dict, consts: dict) -> dict:
+def trial_config(config: dict, context: TrialContext) -> dict:
     """The trial's sampled values: the searcher's, or a confirmation candidate's with its fresh seed index."""
     label = config.get(CONFIRM_KEY)
     if label is None:
         return config
-    point = consts["confirm_points"][label]
+    point = context.confirm_points[label]
     return {**point["params"], SEED_INDEX_KEY: int(point["seed_index"])}
 
 
-def trial_overrides(config: dict, consts: dict) -> dict[str, Any]:
-    """Dotted overrides for this trial: ``tune.spaces.overrides_for`` with the search's constants."""
+def trial_overrides(config: dict, context: TrialContext) -> dict[str, Any]:
+    """Dotted overrides for this trial: ``tune.spaces.overrides_for`` with the search's context."""
     from tune.spaces import overrides_for
 
     params = {k: v for k, v in config.items() if k != SEED_INDEX_KEY}
-    return overrides_for(params, fixed=consts.get("fixed") or {}, max_epochs=consts["max_epochs"],
-                         base_tree=consts["base_tree"], effective_batch_size=consts.get("effective_batch_size"),
+    return overrides_for(params, fixed=context.fixed, max_epochs=context.max_epochs,
+                         base_tree=context.base_tree, effective_batch_size=context.effective_batch_size,
                          seed_index=int(config.get(SEED_INDEX_KEY, 0) or 0))
 
 
@@ -132,25 +133,27 @@ def restore_latest_good(trainer_factory, ckpt, log) -> tuple[Any, str | None, li
     return trainer, None, skipped
 
 
-def _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov, candidate=None) -> str:
-    """The trial's nested child run: created on first start, reused (set RUNNING) on a retry/restore."""
+def _open_child_run(client, context: TrialContext, trial_id, trial_name, config, cfg, ov, candidate=None) -> str:
+    """The trial's nested child run: created on first start, reused (set RUNNING) on a retry/restore. Params:
+    the full config as it ran (``cfg.flat()``), each key once under its dotted name; tag ``pahcl.overrides``:
+    the keys this trial set (fixed, sampled, derived), in the order they were applied."""
     from tune.mlflow_utils import PARENT_TAG, find_child_run, trial_number, trial_run_name
 
+    exp_id, parent = context.experiment_id, context.parent_run_id
     run = find_child_run(client, exp_id, parent, trial_id)
     if run is None:
         from mlflow.entities import Param
 
         name = trial_run_name(config, trial_number(_storage_trial_dir(), trial_name))  # m=0.995 lr=2.2e-3 #4
         run = client.create_run(exp_id, run_name=name, tags={
-            PARENT_TAG: parent, "pahcl.stage": consts["stage"], "pahcl.search_id": consts["search_id"],
+            PARENT_TAG: parent, "pahcl.stage": context.stage, "pahcl.search_id": context.search_id,
             "pahcl.trial_id": trial_id, "pahcl.trial_name": trial_name,
             "pahcl.role": "confirmation" if candidate else "trial",
             "pahcl.seed_index": str(config.get(SEED_INDEX_KEY, 0)),
+            "pahcl.overrides": ",".join(ov)[:4900],
             **({"pahcl.candidate": candidate} if candidate else {}),
         })
-        flat = {f"cfg.{k}": v for k, v in cfg.flat().items()}
-        flat.update({k: v for k, v in ov.items()})
-        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        items = [Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
         for i in range(0, len(items), 100):
             client.log_batch(run.info.run_id, params=items[i:i + 100])
     else:
@@ -183,7 +186,7 @@ def _logged_points(client, run_id: str | None, warn) -> dict[str, set[int]]:
         return {}
 
 
-def _setup_trial(consts: dict, ov: dict, trial_dir, nonretry, with_test: bool):
+def _setup_trial(context: TrialContext, ov: dict, trial_dir, nonretry, with_test: bool):
     """(GPU placement, Config, (train, val, test or None)). No GPU where one was assigned, a bad config or data
     spec: the same on every retry, so the trial is marked non-retryable and fails once."""
     from pahcl.config import build_config
@@ -192,12 +195,12 @@ def _setup_trial(consts: dict, ov: dict, trial_dir, nonretry, with_test: bool):
     from tune.gpu import place_trial
 
     try:
-        placement = place_trial(consts, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
-        cfg = build_config(consts["base_tree"], ov)
+        placement = place_trial(context, trial_dir)  # the GPU share Ray gave, the memory cap applied (tune/gpu.py)
+        cfg = build_config(context.base_tree, ov)
         # Data: loaded once per trial, cached under the run directory (absolute paths: trials do not run in
         # cwd). The split uses the search's base seed so --seeds repeats differ in training only.
-        split_cfg = dataclasses.replace(cfg, seed=int(consts.get("split_seed", cfg.seed)))
-        sides = prepare_data(split_cfg, consts["data"], cache_dir=consts["cache_dir"], log=lambda m: None,
+        split_cfg = dataclasses.replace(cfg, seed=context.split_seed)
+        sides = prepare_data(split_cfg, context.data, cache_dir=context.cache_dir, log=lambda m: None,
                              with_test=with_test)  # the test side: read by confirmation runs only
     except DETERMINISTIC_ERRORS as e:
         _mark_nonretryable(nonretry, f"{type(e).__name__}: {e}", step=0)
@@ -278,7 +281,7 @@ def _tag_resume(tag, ckpt, trainer, logged: dict, used, skipped: list) -> None:
                 + f"; refused: {' | '.join(skipped)}"[:4900])
 
 
-def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None:
+def train_pahcl(config: dict, context: TrialContext, plugins: Sequence[Any] = ()) -> None:
     from tune.environment import setup_environment
 
     setup_environment()
@@ -291,7 +294,7 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
 
     import torch
 
-    torch.set_num_threads(max(1, int(consts.get("threads_per_trial") or 1)))
+    torch.set_num_threads(max(1, int(context.threads_per_trial)))
 
     ctx = ray_tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
@@ -301,12 +304,12 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
     nonretry = trial_dir / NONRETRYABLE if trial_dir else None
     _refuse_repeated_failure(nonretry, events)
     candidate = config.get(CONFIRM_KEY)
-    config = trial_config(config, consts)
-    ov = trial_overrides(config, consts)
-    placement, cfg, (train, val, test) = _setup_trial(consts, ov, trial_dir, nonretry, with_test=bool(candidate))
+    config = trial_config(config, context)
+    ov = trial_overrides(config, context)
+    placement, cfg, (train, val, test) = _setup_trial(context, ov, trial_dir, nonretry, with_test=bool(candidate))
 
     # MLflow child run: created here (nested under the search's parent run), reused on restore.
-    uri, exp_id, parent = consts["tracking_uri"], consts["experiment_id"], consts["parent_run_id"]
+    uri = context.tracking_uri
     client = _client(uri)
 
     def warn(msg: str) -> None:  # the logger calls this once per trial when the store is unreachable
@@ -315,14 +318,14 @@ def train_pahcl(config: dict, consts: dict, plugins: Sequence[Any] = ()) -> None
             events("mlflow_warning", message=msg[:300])
 
     try:
-        run_id = _open_child_run(client, exp_id, parent, trial_id, trial_name, consts, config, cfg, ov, candidate)
+        run_id = _open_child_run(client, context, trial_id, trial_name, config, cfg, ov, candidate)
         warned = False
     except Exception as e:  # noqa: BLE001 - the tracking store is down: train anyway, metrics spilled to a file
         run_id, warned = None, True
         warn(f"[mlflow] WARNING: tracking store unreachable at trial start ({type(e).__name__}: "
              f"{str(e).splitlines()[0][:200] if str(e) else ''}); training continues, metrics kept in the trial dir")
     logged = _logged_points(client, run_id, warn)  # a retried/restored trial: points already in its run
-    logger = BatchLogger(uri, run_id, flush_seconds=float(consts.get("flush_seconds", 5.0)), on_warning=warn,
+    logger = BatchLogger(uri, run_id, flush_seconds=context.flush_seconds, on_warning=warn,
                          warned=warned, logged=logged)
     step_cb = MLflowStepCallback(logger, cfg.training.log_interval)
 

@@ -51,7 +51,7 @@ def test_readme_real_data_search_with_relative_path_trains_every_trial(tmp_path)
     assert all(r["test_recordings"] for r in summary["confirmation"]["table"])
     assert "verdict: " in p.stdout
     meta = next((out / "moco_stage2" / "searches").glob("*/search_meta.json"))
-    data = json.loads(meta.read_text())["consts"]["data"]
+    data = json.loads(meta.read_text())["context"]["data"]
     assert data == f"circor:{SHARED_CIRCOR.resolve()}"  # absolute: the same files wherever a trial runs
     assert "DataSpecError" not in p.stdout + p.stderr
 

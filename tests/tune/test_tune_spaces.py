@@ -310,17 +310,19 @@ def test_changed_data_files_under_the_same_spec_are_refused(tmp_path):
 
 
 def test_one_path_from_sampled_values_to_overrides(tmp_path):
-    """The trial (from the search's constants) and the driver/summary (from the Space) get the same overrides
-    from the one function, spaces.overrides_for (issue 14 item 1)."""
+    """The trial (from the search's TrialContext, as the driver builds it) and the driver/summary (from the
+    Space) get the same overrides from the one function, spaces.overrides_for (issue 14 item 1)."""
+    from tune.resources import TrialResources
+    from tune.run_search import build_context
     from tune.spaces import overrides_for
     from tune.trainable import SEED_INDEX_KEY, trial_overrides
 
     sp = load_space("simclr_stage1", results_root=tmp_path, log=lambda m: None)
-    consts = {"fixed": dict(sp.fixed), "max_epochs": sp.max_epochs, "base_tree": sp.base_tree(),
-              "effective_batch_size": sp.effective_batch_size}
+    ids = {"tracking_uri": "file:///x", "experiment_id": "1", "parent_run_id": "p"}
+    context = build_context(sp, "s-1", tmp_path, ids, TrialResources(1, 0, None))
     params = {"training.learning_rate": 3e-3, "training.warmup_epochs": 10, "training.batch_size": 64}
     for idx in (0, 2):
-        assert trial_overrides({**params, SEED_INDEX_KEY: idx}, consts) == sp.trial_overrides(params, seed_index=idx)
+        assert trial_overrides({**params, SEED_INDEX_KEY: idx}, context) == sp.trial_overrides(params, seed_index=idx)
     ov = sp.trial_overrides(params, seed_index=2)
     assert ov["training.gradient_accumulation_steps"] == sp.effective_batch_size // 64
     assert ov["seed"] == int(sp.base_tree().get("seed", 42)) + 2 and "seed" not in sp.trial_overrides(params)

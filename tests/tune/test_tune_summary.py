@@ -1,4 +1,5 @@
-"""tune/summary.py: ranking at the same fidelity, the one-line reason when no trial produced the metric."""
+"""tune/summary.py: ranking at the same fidelity, the one-line reason when no trial produced the metric, seed
+aggregation and the one "within noise" rule."""
 from __future__ import annotations
 
 import math
@@ -53,3 +54,26 @@ def test_seed_aggregation_and_its_within_noise_verdict():
     assert agg.loc[2, "vs_best"] == "within noise"  # 0.82 vs 0.85: inside the seed spread (std 0.071)
     assert agg.loc[3, "vs_best"] == "worse (beyond seed spread)"
     assert agg.loc[4, "n_seeds"] == 0 and agg.loc[4, "vs_best"] == "no result"  # errored: not counted
+
+
+def test_one_within_noise_rule_for_seed_aggregation_and_confirmation():
+    """A margin equal to the larger seed std is within noise in both places (they used to disagree there)."""
+    from types import SimpleNamespace
+
+    from tune import confirm
+    from tune.summary import aggregate_seeds, beyond_noise
+
+    assert beyond_noise(0.25, 0.25, 0.1) is False and beyond_noise(0.26, 0.25, 0.1) is True
+    space = SimpleNamespace(metric="m", mode="max")
+    df = pd.DataFrame({"config": [1, 1, 2, 2], "param:lr": [1, 1, 2, 2], "m": [0.9, 0.9, 0.5, 0.5],
+                       "epochs": [6] * 4, "status": ["TERMINATED"] * 4})
+    agg = aggregate_seeds(df, space).set_index("config")  # 0.9 vs 0.5, std 0 and 0: beyond
+    assert agg.loc[2, "vs_best"] == "worse (beyond seed spread)"
+    df["m"] = [1.0, 0.5, 0.5, 0.5]  # 0.75 ± 0.354 vs 0.5 ± 0: margin 0.25 <= 0.354
+    assert aggregate_seeds(df, space).set_index("config").loc[2, "vs_best"] == "within noise"
+    k = confirm.CONFIRM_METRIC
+    row = lambda c, mean, std: {"candidate": c, f"{k} mean": mean, f"{k} std": std, "n_seeds": 3}  # noqa: E731
+    tie = [row("top1", 0.75, 0.25), row("top2", 0.5, 0.0), row(confirm.BASELINE, 0.4, 0.0)]
+    assert "within noise of the runner-up" in confirm.verdict(tie)[1]  # margin 0.25 == std 0.25
+    tie[0][f"{k} mean"] = 0.76
+    assert confirm.verdict(tie)[1].startswith("confirmed: top1")
