@@ -12,7 +12,11 @@ Objectives computed from the same runs: ``last`` = val/knn_acc at the last epoch
 ``last3`` = its mean over the last 3 epochs, ``rec`` = recording-level kNN at the last epoch.
 Reported per setting and objective: the std over training seeds (mean over the 3 configurations), the std
 over split resamples, the range of the 3 configuration means (the differences a search must rank) and the
-ratio noise / range (below 1 the ranking is signal).
+ratio noise / range (below 1 the ranking is signal). Every trial of a search trains with the same seed and
+split (common random numbers), so what decides a pair's order is their paired difference: also reported, per
+pair of configurations, the mean and the std over training seeds of the difference.
+
+    python bench/objective_noise.py --analyse bench/results/objective_noise.json   # re-analyse saved runs
 """
 from __future__ import annotations
 
@@ -114,9 +118,41 @@ def analyse(runs: list[dict]) -> list[dict]:
             means = [float(np.mean(v)) for v in by_cfg.values()]
             rng = float(max(means) - min(means)) if means else float("nan")
             row[obj] = {"seed_std": seed_std, "split_std": split_std, "config_means": dict(zip(by_cfg, means)),
-                        "range": rng, "noise_over_range": max(seed_std, split_std) / rng if rng > 0 else float("inf")}
+                        "range": rng, "noise_over_range": max(seed_std, split_std) / rng if rng > 0 else float("inf"),
+                        "paired": paired_differences(split0, obj)}
         out.append(row)
     return out
+
+
+def paired_differences(runs: list[dict], obj: str) -> dict[str, dict[str, float]]:
+    """Per pair of configurations ("a - b"): mean and std over the training seeds both ran of a's value minus
+    b's (same seed, same split: the comparison a search makes)."""
+    val = {(r["config"], r["train_seed"]): r[obj] for r in runs}
+    cfgs = list(dict.fromkeys(r["config"] for r in runs))
+    out = {}
+    for i, a in enumerate(cfgs):
+        for b in cfgs[i + 1:]:
+            d = [val[(a, s)] - val[(b, s)] for s in sorted({s for c, s in val if c == a}) if (b, s) in val]
+            if len(d) > 1:
+                out[f"{a} - {b}"] = {"mean": float(np.mean(d)), "std": float(np.std(d, ddof=1)), "n": len(d)}
+    return out
+
+
+def paired_markdown(res: dict) -> str:
+    lines = ["| data | objective | " + " | ".join(_pair_names(res)) + " |",
+             "|---|---|" + "---|" * len(_pair_names(res))]
+    for r in res["summary"]:
+        for obj, name in OBJECTIVES.items():
+            if obj in r and r[obj].get("paired"):
+                cells = [r[obj]["paired"].get(p) for p in _pair_names(res)]
+                lines.append(f"| {r['data']} | {name} | " + " | ".join(
+                    f"{c['mean']:+.3f} ± {c['std']:.3f} ({abs(c['mean']) / c['std']:.1f})" if c and c["std"] > 0
+                    else "—" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _pair_names(res: dict) -> list[str]:
+    return list(dict.fromkeys(p for r in res["summary"] for o in OBJECTIVES if o in r for p in r[o].get("paired", {})))
 
 
 def markdown(res: dict) -> str:
@@ -143,8 +179,16 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="*", default=SETTINGS)
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--smoke-test", action="store_true", help="one run per setting, the smoke budget")
+    ap.add_argument("--analyse", default=None, metavar="JSON", help="re-analyse the runs of a saved result (no training)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.analyse:
+        res = json.loads(Path(a.analyse).read_text())
+        res["summary"] = analyse(res["runs"])
+        print(markdown(res) + "\n\n" + paired_markdown(res))
+        if a.out:
+            write_json(Path(a.out), res)
+        return 0
     if a.worker:
         spec = json.loads(a.worker)
         print("RESULT " + json.dumps([run_job(j, spec["cache"], spec["smoke"]) for j in spec["jobs"]]), flush=True)
@@ -159,7 +203,7 @@ def main(argv=None) -> int:
     runs = worker_results(procs, "objective_noise")
     res = {"command": command(argv), "machine": machine(), "load_start": load0, "seconds": time.perf_counter() - t0,
            "runs": runs, "summary": analyse(runs)}
-    print(markdown(res))
+    print(markdown(res) + "\n\n" + paired_markdown(res))
     if a.out:
         write_json(Path(a.out), res)
     return 0
