@@ -169,10 +169,9 @@ def run_packing(clock: Clock, device: str, smoke: bool, steps: int, probe_rows: 
 
 
 def run_amp(clock: Clock, device: str, smoke: bool, steps: int, cache: Path) -> list:
-    from pahcl.config import DEFAULT_CONFIG, PRESET_DIR, deep_merge, read_yaml_mapping
+    from pahcl.config import config_tree
 
-    preset = "tiny" if smoke else "full"
-    tree = deep_merge(read_yaml_mapping(DEFAULT_CONFIG), read_yaml_mapping(PRESET_DIR / f"{preset}.yaml"))
+    tree = config_tree(None, "tiny" if smoke else "full")
     data = "synthetic:16" if smoke else "synthetic:120"
     backends = ["torch"] + ([] if smoke or importlib.util.find_spec("mamba_ssm") is None else ["mamba_ssm"])
     rows = []

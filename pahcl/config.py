@@ -281,18 +281,23 @@ def _check_field(path: str, value: Any, meta: Mapping[str, Any]) -> None:
     length = meta.get("length")
     if length is not None and len(value) != length:
         raise ConfigError(f"{path}: expected exactly {length} values, got {len(value)}: {value!r}")
-    lo, hi = meta.get("lo"), meta.get("hi")
     items = value if isinstance(value, list) else [value]
     for v in items:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        bad_lo = lo is not None and (v <= lo if meta.get("lo_open") else v < lo)
-        bad_hi = hi is not None and (v >= hi if meta.get("hi_open") else v > hi)
-        if bad_lo or bad_hi:
-            lb = "(" if meta.get("lo_open") else "["
-            rb = ")" if meta.get("hi_open") else "]"
-            rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
-            raise ConfigError(f"{path}: {v!r} is out of range; allowed: {rng}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            check_range(path, v, lo=meta.get("lo"), hi=meta.get("hi"), lo_open=bool(meta.get("lo_open")),
+                        hi_open=bool(meta.get("hi_open")))
+
+
+def check_range(path: str, v: float, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
+                error: type[ValueError] = ConfigError) -> None:
+    """THE number range check (config fields here, space-file numbers in ``tune.spaces``): ``error``
+    "<path>: <v> is out of range; allowed: [lo, hi)" when ``v`` lies outside the interval."""
+    bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
+    bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+    if bad_lo or bad_hi:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+        raise error(f"{path}: {v!r} is out of range; allowed: {rng}")
 
 
 def _walk(obj, path: str = ""):
@@ -506,11 +511,19 @@ def load_config(
 
     ``preset="full"`` (default here) applies nothing beyond the base file; CLIs pass ``"auto"``.
     """
-    tree = read_yaml_mapping(Path(path) if path else DEFAULT_CONFIG)
+    return build_config(config_tree(path, preset), overrides)
+
+
+def config_tree(path: str | Path | None = None, preset: str | None = "full", what: str = "config file",
+                error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """THE preset merge: the base YAML (``DEFAULT_CONFIG`` when None) with the preset's partial YAML merged over
+    it (``None``: none), not yet validated. ``load_config`` and the search spaces' ``Space.base_tree`` use it;
+    read errors are ``error`` naming ``what``."""
+    tree = read_yaml_mapping(Path(path) if path else DEFAULT_CONFIG, what, error)
     if preset is not None:
         name = resolve_preset(preset)
-        tree = deep_merge(tree, read_yaml_mapping(PRESET_DIR / f"{name}.yaml"))
-    return build_config(tree, overrides)
+        tree = deep_merge(tree, read_yaml_mapping(PRESET_DIR / f"{name}.yaml", "preset", error))
+    return tree
 
 
 def is_complete_config(tree: Mapping[str, Any]) -> bool:

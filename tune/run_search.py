@@ -848,8 +848,8 @@ def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, 
     r = meta["resources"]
     cands = confirm.candidates(rows, out["agg"], out["df"], space, space.confirm_top)
     res = TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"])
-    grid = confirm.run(space, TrialContext.from_dict(meta["context"]), res, meta["mlflow"], stage_dir / "ray", meta["search_id"], cands, space.confirm_seeds, _log,
-                       max_failures=args.max_failures)
+    grid = confirm.run(space, TrialContext.from_dict(meta["context"]), res, meta["mlflow"], stage_dir / "ray",
+                       meta["search_id"], cands, space.confirm_seeds, _log, max_failures=args.max_failures)
     left = confirm.unfinished(grid, space.max_epochs)
     if left:  # interrupted: no verdict from part of the runs; --resume continues them
         _log(f"[confirm] interrupted: {left} of {len(grid)} confirmation runs unfinished. Continue with:\n    "

@@ -23,6 +23,8 @@ from pahcl.config import (
     ConfigError,
     available_presets,
     build_config,
+    check_range,
+    config_tree,
     deep_merge,
     read_yaml_mapping,
     set_dotted,
@@ -32,13 +34,16 @@ from pahcl.metrics import RANKABLE
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "search_spaces"
 
-# What a stage falls back to when the stage it inherits from never ran (issue 4).
-RECOMMENDED_DEFAULTS: dict[str, Any] = {
-    "training.learning_rate": 2e-3,
-    "training.warmup_epochs": 20,
-    "model.moco_momentum": 0.999,
-    "model.queue_size": 8192,
-}
+# The keys whose recommended value a stage falls back to when the stage it inherits from never ran (issue 4);
+# the values are the base config's (``recommended_defaults``), never written here.
+RECOMMENDED_KEYS = ("training.learning_rate", "training.warmup_epochs", "model.moco_momentum", "model.queue_size")
+
+
+def recommended_defaults(base_config: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    """The recommended (full-size, no preset) values of ``RECOMMENDED_KEYS``: the base config file as validated
+    (``pahcl/configs/pretrain.yaml`` by default, which a test keeps equal to the typed ``Config`` defaults)."""
+    flat = build_config(config_tree(base_config, None, what="base_config", error=SpaceError)).flat()
+    return {k: flat[k] for k in RECOMMENDED_KEYS}
 
 # Epoch metrics the Trainer reports (docs/architecture.md) plus the raw losses (guarded below).
 KNOWN_METRICS = RANKABLE
@@ -159,12 +164,8 @@ class Space:
     test_fraction: float = 0.0  # groups held out as test: the search and ASHA never see them
 
     def base_tree(self) -> dict:
-        """Base YAML merged with the preset (not validated; trials add their overrides)."""
-        tree = _read_mapping(self.base_config, "base_config")
-        from pahcl.config import resolve_preset
-
-        name = resolve_preset(self.preset)
-        return deep_merge(tree, _read_mapping(PRESET_DIR / f"{name}.yaml", "preset"))
+        """Base YAML merged with the preset (``pahcl.config.config_tree``; not validated: trials add overrides)."""
+        return config_tree(self.base_config, self.preset, what="base_config", error=SpaceError)
 
     def trial_overrides(self, params: Mapping[str, Any], seed_index: int | None = None) -> dict[str, Any]:
         """``overrides_for`` this space: what a trial with these sampled values runs."""
@@ -175,10 +176,10 @@ class Space:
         """The stage's baseline configuration as sampled values: for each searched key the inherited value,
         else the recommended default, else the base config's, moved to the nearest value the space allows
         (a CPU budget's warmup choices [1, 2] turn the recommended 20 into 2)."""
-        tree = self.base_tree()
+        tree, recommended = self.base_tree(), recommended_defaults(self.base_config)
         out = {}
         for k, d in self.params.items():
-            v = self.inherited.get(k, RECOMMENDED_DEFAULTS.get(k, _get_dotted(tree, k)))
+            v = self.inherited.get(k, recommended.get(k, _get_dotted(tree, k)))
             out[k] = _snap(d, v)
         return out
 
@@ -287,10 +288,7 @@ def _num(path: str, v, *, integer=False, lo=None, lo_open=False, hi=None, hi_ope
     ok = _is_int(v) if integer else _is_num(v)
     if not ok or (not integer and not math.isfinite(v)):
         raise SpaceError(f"{path}: expected {'an integer' if integer else 'a number'}, got {type(v).__name__} {v!r}")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        raise SpaceError(f"{path}: {v!r} is out of range; allowed: {'>' if lo_open else '>='} {lo}")
-    if hi is not None and (v >= hi if hi_open else v > hi):
-        raise SpaceError(f"{path}: {v!r} is out of range; allowed: {'<' if hi_open else '<='} {hi}")
+    check_range(path, v, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, error=SpaceError)
     return v
 
 
@@ -496,7 +494,8 @@ def check_provenance(src: str, prov: dict | None, preset: str, data: str, allow:
 
 
 def resolve_inheritance(raw: dict, results_root: Path, log: Callable[[str], None], preset: str = "auto",
-                        data: str = "synthetic", allow_mismatch: bool = False) -> tuple[dict, str | None, dict | None]:
+                        data: str = "synthetic", allow_mismatch: bool = False,
+                        base_config: str | Path = DEFAULT_CONFIG) -> tuple[dict, str | None, dict | None]:
     inh = _check_section("inherit", raw.get("inherit"))
     if not inh:
         return {}, None, None
@@ -508,7 +507,7 @@ def resolve_inheritance(raw: dict, results_root: Path, log: Callable[[str], None
         raise SpaceError("inherit.params: expected a non-empty list of dotted config keys")
     for k in keys:
         _check_dotted_key("inherit.params", k)
-    defaults = dict(RECOMMENDED_DEFAULTS)
+    defaults = recommended_defaults(base_config)
     extra = inh.get("defaults") or {}
     if not isinstance(extra, dict):
         raise SpaceError("inherit.defaults: expected a mapping of dotted keys to values")
@@ -587,7 +586,8 @@ def load_space(
     seed, mct, grace, rf, cpus, gpus = _parse_run_settings(raw, cli)
     fixed, params_raw, eff = _parse_fixed_and_params(raw)
     inherited, inherited_from, inherited_prov = resolve_inheritance(
-        raw, Path(results_root), log, preset=preset, data=data, allow_mismatch=allow_inherit_mismatch)
+        raw, Path(results_root), log, preset=preset, data=data, allow_mismatch=allow_inherit_mismatch,
+        base_config=base_path)
     params: dict[str, Dist] = {k: _parse_dist(k, v, inherited) for k, v in params_raw.items()}
     for k in sorted(set(inherited) & set(fixed)):
         if inherited[k] != fixed[k]:
@@ -771,6 +771,6 @@ def space_hash(sp: Space) -> str:
 
 
 __all__ = [
-    "Dist", "RECOMMENDED_DEFAULTS", "Space", "SpaceError", "derive_accumulation", "load_space",
+    "Dist", "RECOMMENDED_KEYS", "Space", "SpaceError", "derive_accumulation", "load_space",
     "previous_stage_best", "space_hash", "space_path",
 ]

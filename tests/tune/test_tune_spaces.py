@@ -11,7 +11,7 @@ import yaml
 
 from tune_helpers import BASE_SPACE, REPO_ROOT, write_space
 from pahcl.config import ConfigError
-from tune.spaces import RECOMMENDED_DEFAULTS, SpaceError, load_space, space_hash
+from tune.spaces import SpaceError, load_space, recommended_defaults, space_hash
 
 
 def _space(tmp_path, name="test_stage", **changes):
@@ -188,8 +188,7 @@ def test_missing_previous_stage_falls_back_to_defaults_with_warning(tmp_path):
     logs = []
     with pytest.warns(UserWarning, match="never ran"):
         sp = load_space(_stage2(tmp_path), results_root=tmp_path / "empty", log=logs.append)
-    assert sp.inherited == {"training.learning_rate": RECOMMENDED_DEFAULTS["training.learning_rate"],
-                            "training.warmup_epochs": RECOMMENDED_DEFAULTS["training.warmup_epochs"]}
+    assert sp.inherited == {"training.learning_rate": 2e-3, "training.warmup_epochs": 20}  # pretrain.yaml's
     assert sp.params["training.warmup_epochs"].choices == [10, 20, 30]
     assert any("recommended defaults" in m for m in logs)
 
@@ -329,3 +328,19 @@ def test_one_path_from_sampled_values_to_overrides(tmp_path):
     assert overrides_for({}, fixed={"seed": 7}, max_epochs=3, base_tree={}, seed_index=1)["seed"] == 8
     with pytest.raises(SpaceError, match="effective_batch_size"):
         overrides_for({"training.batch_size": 48}, fixed={}, max_epochs=1, base_tree={}, effective_batch_size=256)
+
+
+def test_recommended_defaults_are_the_base_configs_values(tmp_path):
+    """One source (issue 14 item 4): the values a stage falls back to are the base config file's, no copy."""
+    from pahcl.config import Config, DEFAULT_CONFIG
+
+    assert recommended_defaults() == {k: Config().flat()[k] for k in ("training.learning_rate",
+                                      "training.warmup_epochs", "model.moco_momentum", "model.queue_size")}
+    mine = tmp_path / "base.yaml"
+    mine.write_text(DEFAULT_CONFIG.read_text().replace("warmup_epochs: 20", "warmup_epochs: 7"))
+    assert recommended_defaults(mine)["training.warmup_epochs"] == 7
+    stage = yaml.safe_load(_stage2(tmp_path).read_text())
+    stage["base_config"] = str(mine)
+    with pytest.warns(UserWarning, match="never ran"):
+        sp = load_space(write_space(tmp_path / "s2.yaml", stage), results_root=tmp_path / "empty", log=lambda m: None)
+    assert sp.inherited["training.warmup_epochs"] == 7
