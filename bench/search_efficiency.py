@@ -1,38 +1,43 @@
-"""Search efficiency: full grid (no early stopping) vs the service's TPE + ASHA on the same discrete space.
+"""Search strategies judged on TEST accuracy: grid, TPE + ASHA, random + ASHA and the baseline configuration.
 
-    python bench/search_efficiency.py --out bench/results/search_efficiency.json          # ~25 min on 2 cores (+ ~5 noise)
-    python bench/search_efficiency.py --seeds 0 1 2 3 --num-samples 10 --out /tmp/se.json
-    python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json                 # ~1-2 min
-    # only the training-seed noise check, added to a saved result (~3-5 min):
-    python bench/search_efficiency.py --noise-from bench/results/search_efficiency.json
+    python bench/search_efficiency.py --out bench/results/search_efficiency.json                # synthetic, ~TIME_SYN
+    python bench/search_efficiency.py --data yaseen:../shared/data/yaseen2018 \\
+        --out bench/results/search_efficiency_yaseen.json                                         # ~TIME_YAS
+    python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json                      # ~2 min
 
-Space (moco_stage2's synthetic_cpu budget: tiny preset, synthetic:40, batch 8 x 2, queue 256,
-``max_steps_per_epoch`` 6, 2 trials at a time, 1 CPU each), made discrete so a full grid is feasible:
-``training.learning_rate`` {6.7e-4, 2e-3, 6e-3} x ``training.warmup_epochs`` {1, 2} x
-``model.moco_momentum`` {0.99, 0.995, 0.999} = 18 configurations, ``max_epochs`` 9.
+Space: moco_stage2's ``synthetic_cpu`` budget (read from search_spaces/moco_stage2.yaml: tiny preset, its data
+``synthetic:120`` unless ``--data``, batch 8 x 2, queue 256, ``max_steps_per_epoch`` 6, ``max_epochs`` 6, ASHA
+grace 2 / reduction factor 2, 2 trials at a time, 1 CPU each) with the searched keys made discrete so a full
+grid is feasible: ``training.learning_rate`` {6.7e-4, 2e-3, 6e-3} x ``training.warmup_epochs`` {1, 2} x
+``model.moco_momentum`` {0.99, 0.999} = 12 configurations. The split is the service's: the budget's
+``confirm.test_fraction`` (0.2 of the groups) is held out as the test split, so every search sees train +
+validation only; ``confirm.top`` is 0 (this bench scores the test split itself).
 
-(a) grid: every configuration for ``max_epochs`` (``tune.grid_search`` in ``param_space``, FIFO
-    scheduler), 2 concurrent trials.
-(b) the service: ``tune/run_search.py``'s own Tuner (OptunaSearch + TPESampler(seed) +
-    ConcurrencyLimiter(2) + PersistentASHA, grace period 2 (= the largest warmup), reduction factor 3)
-    with ``--num-samples`` configurations, once per search seed.
-
-Both go through ``tune.run_search.main`` (same trainable, MLflow child runs, ranking); only the
-Tuner is swapped for (a). All searches run in one process on one local Ray (``num_cpus=2``), started
-before the first search, so the wall times exclude Ray start-up. Training is seeded (seed 42 for every
-trial) and deterministic on CPU, so the grid's value of a configuration is that configuration's
-full-budget result; (b)'s choice is also looked up in the grid. Reported per search: trials,
-trial-epochs (sum of epochs run), wall (``main``) and tuning wall (``Tuner.fit``), the best
-``val/knn_acc`` at a trial's last epoch, the selected configuration and its full-budget value.
-Then (``--noise-seeds``) the grid's best configuration and every configuration (b) selected are
-trained again with the bare Trainer under training seeds 42 (the searches' seed: a reproduction
-check of the Ray result) and 43-45, to show how large a 1-point difference is against seed noise.
+Strategies, each through ``tune.run_search.main`` (same trainable, MLflow child runs, fair ranking) on one
+local Ray (``num_cpus=2``) started before the first search (walls exclude Ray start-up):
+(a) grid: every configuration for ``max_epochs`` (``tune.grid_search``, FIFO); one run (training is seeded and
+    deterministic, so a grid is deterministic).
+(b) TPE + ASHA: the service's own Tuner (``run_search.build_tuner``), ``--num-samples`` configurations, once
+    per search seed.
+(c) random + ASHA: the same Tuner with Optuna's RandomSampler(seed) in place of the TPESampler (everything else,
+    ASHA, no-repeat wrapper and concurrency limit included, is ``build_tuner``'s), same search seeds.
+(d) the baseline configuration (``Space.baseline_params``: the recommended defaults snapped into the space;
+    what the service's confirmation compares with): no search.
+"The configuration a strategy selects" = the top row of its ranked table (results.csv: finished trials first).
+Each distinct selected configuration (and the baseline) is then retrained once per training seed 42, 43, 44
+with the bare Trainer at the full budget on the same split (42 = the searches' own seed: a reproduction check
+of the Ray value), and the test split is scored by ``pahcl.evaluate.test_metrics`` (recording-level kNN,
+the headline, and linear probe; bank = train + validation, as the service's confirmation does).
+Reported per strategy: mean ± std over search seeds of the selected configuration's test accuracy at seed 42,
+and of its mean over seeds 42-44; distinct configurations picked; trial-epochs and tuning wall. The noise floor
+is the std over training seeds 42-44 of a configuration's test accuracy (mean over the configurations trained).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,31 +46,60 @@ from pathlib import Path
 
 from _common import REPO, command, machine, md_table, spread, worker_results, write_json
 
-
 LR = [6.7e-4, 2.0e-3, 6.0e-3]
 WARMUP = [1, 2]
-MOMENTUM = [0.99, 0.995, 0.999]
+MOMENTUM = [0.99, 0.999]
+KEYS = ("training.learning_rate", "training.warmup_epochs", "model.moco_momentum")
+BUDGET = ("moco_stage2", "synthetic_cpu")
+TRAIN_SEEDS = [42, 43, 44]
+STRATEGIES = {"grid": "(a) grid, FIFO", "tpe": "(b) TPE + ASHA", "random": "(c) random + ASHA"}
+
+
+def budget_raw() -> dict:
+    """moco_stage2's synthetic_cpu budget, merged (the bench's defaults)."""
+    from tune.spaces import load_space_raw
+
+    return load_space_raw(*BUDGET)[1]
+
+
+def fill_defaults(a) -> None:
+    """Unset CLI values (None) from the budget: data, epochs, steps, grace, rf, test fraction."""
+    raw = budget_raw()
+    sched = raw.get("scheduler") or {}
+    for k, v in {"data": raw["data"], "epochs": raw["max_epochs"], "grace": sched["grace_period"],
+                 "rf": sched["reduction_factor"], "steps": raw["fixed"]["training.max_steps_per_epoch"],
+                 "test_fraction": (raw.get("confirm") or {})["test_fraction"]}.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
 
 
 def space_dict(a, num_samples: int, seed: int) -> dict:
+    raw = budget_raw()
     return {
-        "stage": "bench_search", "base_config": "pahcl/configs/pretrain.yaml", "preset": "tiny", "data": a.data,
-        "metric": "val/knn_acc", "mode": "max", "guard": "warn", "num_samples": num_samples, "max_epochs": a.epochs,
-        "confirm": {"top": 0, "test_fraction": 0},  # the search alone, on all data (as measured before issue 12)
-        "search": {"seed": seed, "max_concurrent_trials": 2},
+        "stage": "bench_search", "base_config": raw["base_config"], "preset": raw["preset"], "data": a.data,
+        "metric": raw["metric"], "mode": raw["mode"], "guard": "warn", "num_samples": num_samples,
+        "max_epochs": a.epochs, "confirm": {"top": 0, "test_fraction": a.test_fraction},
+        "search": {"seed": seed, "max_concurrent_trials": raw["search"]["max_concurrent_trials"]},
         "scheduler": {"type": "asha", "grace_period": a.grace, "reduction_factor": a.rf},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-        "fixed": {"model.use_moco": True, "model.queue_size": 256, "training.max_steps_per_epoch": a.steps,
-                  "training.log_interval": 1, "training.batch_size": 8, "training.gradient_accumulation_steps": 2},
-        "params": {
-            "training.learning_rate": {"type": "categorical", "choices": a.lr},
-            "training.warmup_epochs": {"type": "categorical", "choices": a.warmup},
-            "model.moco_momentum": {"type": "categorical", "choices": a.momentum},
-        },
+        "resources": raw["resources"],
+        "fixed": {**raw["fixed"], "training.max_steps_per_epoch": a.steps},
+        "params": {k: {"type": "categorical", "choices": list(v)} for k, v in zip(KEYS, (a.lr, a.warmup, a.momentum))},
     }
 
 
-# ----------------------------------------------------------------------------- worker (one Ray for all)
+def write_space(a, path: Path, num_samples: int, seed: int) -> Path:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(space_dict(a, num_samples, seed), sort_keys=False))
+    return path
+
+
+def _key(p: dict) -> tuple:
+    return (float(p["training.learning_rate"]), int(p["training.warmup_epochs"]), float(p["model.moco_momentum"]))
+
+
+# ----------------------------------------------------------------------------- tuners
 
 
 def _grid_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=0,
@@ -89,6 +123,31 @@ def _grid_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, 
     )
 
 
+def _random_tuner(space, *args, **kw):
+    """``run_search.build_tuner`` with Optuna's RandomSampler(space.seed) where it builds its TPESampler: the
+    service's Tuner (ASHA, no-repeat wrapper, concurrency limit, callbacks) with only the sampler swapped.
+    Raises if build_tuner no longer builds its sampler that way (the swap would silently not happen)."""
+    import optuna
+
+    from tune import run_search
+
+    made, tpe = [], optuna.samplers.TPESampler
+
+    def random_sampler(*_a, seed=None, **_k):
+        made.append(optuna.samplers.RandomSampler(seed=seed))
+        return made[-1]
+
+    optuna.samplers.TPESampler = random_sampler
+    try:
+        tuner = run_search.build_tuner(space, *args, **kw)
+    finally:
+        optuna.samplers.TPESampler = tpe
+    if len(made) != 1:
+        raise RuntimeError("random search: run_search.build_tuner did not build its sampler through "
+                           "optuna.samplers.TPESampler; update bench/search_efficiency.py::_random_tuner")
+    return tuner
+
+
 class TimedTuner:
     """A Tuner whose ``fit()`` is timed into ``out["s"]`` (what run_search.main calls)."""
 
@@ -103,36 +162,36 @@ class TimedTuner:
             self.out["s"] = time.perf_counter() - t0
 
 
-def run_search_once(space_file: Path, results: Path, grid: bool, cache: Path) -> dict:
+def run_search_once(space_file: Path, results: Path, strategy: str, cache: Path) -> dict:
+    """One search through ``run_search.main``; its trials and the top row of its ranked table."""
     from tune import run_search
 
     results.mkdir(parents=True, exist_ok=True)
     if not (results / "cache").exists():
         (results / "cache").symlink_to(cache, target_is_directory=True)
     fit_s = {}
+    factory = {"grid": _grid_tuner, "tpe": run_search.build_tuner, "random": _random_tuner}[strategy]
 
     def build(*args, **kw):
-        return TimedTuner((_grid_tuner if grid else run_search.build_tuner)(*args, **kw), fit_s)
+        return TimedTuner(factory(*args, **kw), fit_s)
 
     t0 = time.perf_counter()
     res = run_search.main(["--space", str(space_file), "--results-dir", str(results)], tuner_factory=build)
     wall = time.perf_counter() - t0
-    df = res["df"]
-    pcols = [c for c in df.columns if c.startswith("param:")]
-    trials = []
-    for _, r in df.iterrows():
-        trials.append({"params": {c[len("param:"):]: r[c] for c in pcols if c[len("param:"):] in
-                                  ("training.learning_rate", "training.warmup_epochs", "model.moco_momentum")},
-                       "metric": float(r["val/knn_acc"]), "epochs": int(r["epochs"]), "stopped_early": bool(r["stopped_early"])})
-    return {"wall_s": wall, "fit_s": fit_s.get("s"), "trials": trials, "exit_code": res.get("exit_code"),
+    df = res["df"]  # fair-ranked: rank 1 is the search's choice
+    metric = "val/knn_acc"
+    trials = [{"params": {k: r[f"param:{k}"] for k in KEYS}, "metric": float(r[metric]), "epochs": int(r["epochs"]),
+               "stopped_early": bool(r["stopped_early"])} for _, r in df.iterrows()]
+    return {"strategy": strategy, "wall_s": wall, "fit_s": fit_s.get("s"), "trials": trials,
+            "selected": list(_key(trials[0]["params"])), "exit_code": res.get("exit_code"),
             "loadavg": os.getloadavg()}
 
 
 def worker(spec: dict) -> dict:
+    """Every search in one process on one local Ray: the grid once, then TPE and random per search seed."""
     import types
 
     import ray
-    import yaml
 
     from tune import run_search
     from tune.environment import setup_environment
@@ -141,260 +200,288 @@ def worker(spec: dict) -> dict:
     started = run_search._init_ray(types.SimpleNamespace(address=None), num_cpus=2)
     tmp, cache = Path(spec["tmp"]), Path(spec["cache"])
     a = types.SimpleNamespace(**spec["args"])
-    out = {"grid": None, "tpe": []}
+    out = []
+    n_grid = len(a.lr) * len(a.warmup) * len(a.momentum)
+    runs = [("grid", 0, n_grid)] + [(s, seed, a.num_samples) for seed in a.seeds for s in ("tpe", "random")]
     try:
-        sf = tmp / "grid" / "bench_search.yaml"
-        sf.parent.mkdir(parents=True, exist_ok=True)
-        n_grid = len(a.lr) * len(a.warmup) * len(a.momentum)
-        sf.write_text(yaml.safe_dump(space_dict(a, n_grid, 0), sort_keys=False))
-        out["grid"] = run_search_once(sf, tmp / "grid" / "results", True, cache)
-        print(f"[grid] {len(out['grid']['trials'])} trials, {out['grid']['fit_s']:.0f} s", file=sys.stderr, flush=True)
-        for seed in a.seeds:
-            sf = tmp / f"tpe{seed}" / "bench_search.yaml"
-            sf.parent.mkdir(parents=True, exist_ok=True)
-            sf.write_text(yaml.safe_dump(space_dict(a, a.num_samples, seed), sort_keys=False))
-            r = run_search_once(sf, tmp / f"tpe{seed}" / "results", False, cache)
+        for strategy, seed, n in runs:
+            d = tmp / f"{strategy}{seed}"
+            r = run_search_once(write_space(a, d / "bench_search.yaml", n, seed), d / "results", strategy, cache)
             r["seed"] = seed
-            out["tpe"].append(r)
-            print(f"[tpe seed {seed}] {len(r['trials'])} trials, {r['fit_s']:.0f} s", file=sys.stderr, flush=True)
+            out.append(r)
+            print(f"[{strategy} seed {seed}] {len(r['trials'])} trials, {r['fit_s']:.0f} s, selected {r['selected']}",
+                  file=sys.stderr, flush=True)
     finally:
         if started:
             ray.shutdown()
     return out
 
 
-# ----------------------------------------------------------------------------- training-seed noise
+# ----------------------------------------------------------------------------- test accuracy (bare Trainer)
 
 
-def noise_worker(spec: dict) -> list[dict]:
-    """Train (config, seed) pairs with the bare Trainer exactly as the trainable would (split with the base seed)."""
+def test_worker(spec: dict) -> list[dict]:
+    """Train (config, seed) pairs with the bare Trainer exactly as a trial would (split at the base seed,
+    ``Space.trial_overrides``), then score the test split with ``pahcl.evaluate.test_metrics``."""
     import dataclasses
     import types
 
     import torch
-    import yaml
 
     torch.set_num_threads(1)
     from pahcl.config import build_config
+    from pahcl.evaluate import test_metrics
     from pahcl.train import Trainer, prepare_data
     from tune.spaces import load_space
 
     a = types.SimpleNamespace(**spec["args"])
-    sf = Path(spec["tmp"]) / f"noise-{os.getpid()}.yaml"
-    sf.write_text(yaml.safe_dump(space_dict(a, 1, 0), sort_keys=False))
+    sf = write_space(a, Path(spec["tmp"]) / f"test-{os.getpid()}.yaml", 1, 0)
     sp = load_space(sf, results_root=spec["tmp"], log=lambda m: None)
     tree = sp.base_tree()
     base_seed = int(tree.get("seed", 42))
     out = []
-    for (lr, warm, mom), seed in spec["jobs"]:
-        ov = sp.trial_overrides({"training.learning_rate": lr, "training.warmup_epochs": warm, "model.moco_momentum": mom})
+    for cfg_vals, seed in spec["jobs"]:
+        t0 = time.perf_counter()
+        ov = sp.trial_overrides(dict(zip(KEYS, cfg_vals)))
         ov["seed"] = seed
         cfg = build_config(tree, ov)
-        train, val = prepare_data(dataclasses.replace(cfg, seed=base_seed), a.data, cache_dir=spec["cache"],
-                                  log=lambda m: None)
-        m = Trainer(cfg, train, val, log=lambda m: None).fit()
-        out.append({"config": [lr, warm, mom], "seed": seed, "val/knn_acc": float(m["val/knn_acc"]),
-                    "val_cycles": len(val)})
-        print(f"[noise] {lr, warm, mom} seed {seed}: {m['val/knn_acc']:.3f}", file=sys.stderr, flush=True)
+        train, val, test = prepare_data(dataclasses.replace(cfg, seed=base_seed), sp.data, cache_dir=spec["cache"],
+                                        log=lambda m: None, with_test=True)
+        tr = Trainer(cfg, train, val, log=lambda m: None)
+        m = tr.fit()
+        t = test_metrics(tr.model, [train, val], test, cfg, seed=cfg.seed)
+        out.append({"config": list(cfg_vals), "seed": seed, "val/knn_acc": float(m["val/knn_acc"]), **t,
+                    "cycles": [len(train), len(val), len(test)], "seconds": time.perf_counter() - t0})
+        print(f"[test] {cfg_vals} seed {seed}: test/knn_acc {t['test/knn_acc']:.3f}, "
+              f"test/linear_acc {t['test/linear_acc']:.3f}", file=sys.stderr, flush=True)
     return out
 
 
-def run_noise(saved: dict, seeds: list[int], tmp: Path, cache: Path) -> dict:
-    """Training-seed spread of the grid's best configuration and of every configuration (b) selected."""
-    s = saved["summary"]
-    cfgs = [tuple(s["grid"]["best_config"])] + [tuple(r["selected"]) for r in s["tpe"]]
-    cfgs = list(dict.fromkeys(cfgs))  # (lr, warmup, momentum)
-    jobs = [[list(c), sd] for c in cfgs for sd in seeds]
-    halves = [jobs[0::2], jobs[1::2]]  # two processes: one per core
-    procs = [subprocess.Popen([sys.executable, __file__, "--noise-worker", json.dumps(
-        {"tmp": str(tmp), "cache": str(cache), "args": saved["args"], "jobs": h})], cwd=REPO,
+def run_tests(configs: list[tuple], seeds: list[int], args: dict, tmp: Path, cache: Path) -> list[dict]:
+    """Each distinct configuration once per training seed, in two processes (one per core)."""
+    jobs = [[list(c), sd] for c in configs for sd in seeds]
+    halves = [jobs[0::2], jobs[1::2]]
+    procs = [subprocess.Popen([sys.executable, __file__, "--test-worker", json.dumps(
+        {"tmp": str(tmp), "cache": str(cache), "args": args, "jobs": h})], cwd=REPO,
         stdout=subprocess.PIPE, text=True) for h in halves if h]
-    rows = worker_results(procs, "noise")
-    truth = {_key({"training.learning_rate": t["params"]["training.learning_rate"],
-                   "training.warmup_epochs": t["params"]["training.warmup_epochs"],
-                   "model.moco_momentum": t["params"]["model.moco_momentum"]}): t["metric"]
-             for t in saved["raw"]["grid"]["trials"]}
-    per = []
-    for c in cfgs:
-        vals = [r["val/knn_acc"] for r in rows if tuple(r["config"]) == c]
-        per.append({"config": list(c), "grid_value": truth.get((float(c[0]), int(c[1]), float(c[2]))),
-                    "seeds": seeds, "values": vals, **{k: v for k, v in spread(vals).items() if k in ("mean", "std", "min", "max")}})
-    return {"seeds": seeds, "configs": per, "val_cycles": rows[0]["val_cycles"] if rows else None, "runs": rows}
+    return worker_results(procs, "test")
 
 
-def noise_markdown(n: dict) -> str:
-    rows = []
-    for c in n["configs"]:
-        rows.append([", ".join(str(v) for v in c["config"]), "—" if c["grid_value"] is None else f"{c['grid_value']:.3f}",
-                     ", ".join(f"{v:.3f}" for v in c["values"]), f"{c['mean']:.3f} ± {c['std']:.3f}"])
-    return (md_table(["config (lr, warmup, momentum)", "grid value (seed 42, in Ray)",
-                      f"bare Trainer, training seeds {', '.join(map(str, n['seeds']))}", "mean ± std"], rows)
-            + f"\n\nValidation set: {n['val_cycles']} cycles (one cycle = {100 / max(n['val_cycles'] or 1, 1):.2f} points).")
+def baseline_config(a, tmp: Path) -> tuple:
+    """``Space.baseline_params`` of the bench's space (what the service's confirmation compares with)."""
+    from tune.spaces import load_space
+
+    sp = load_space(write_space(a, tmp / "baseline.yaml", 1, 0), results_root=tmp, log=lambda m: None)
+    return _key(sp.baseline_params())
 
 
 # ----------------------------------------------------------------------------- analysis
 
 
-def _key(p: dict) -> tuple:
-    return (float(p["training.learning_rate"]), int(p["training.warmup_epochs"]), float(p["model.moco_momentum"]))
+def per_config(tests: list[dict], grid_values: dict) -> dict[tuple, dict]:
+    """Per configuration: test accuracy at seed 42, mean ± std over the training seeds, the reproduction check."""
+    out = {}
+    for c in dict.fromkeys(tuple(r["config"]) for r in tests):
+        rs = sorted((r for r in tests if tuple(r["config"]) == c), key=lambda r: r["seed"])
+        first = rs[0]
+        knn, lin = [r["test/knn_acc"] for r in rs], [r["test/linear_acc"] for r in rs]
+        out[c] = {"config": list(c), "seeds": [r["seed"] for r in rs], "test_knn": knn, "test_linear": lin,
+                  "test_knn_first": first["test/knn_acc"], "test_linear_first": first["test/linear_acc"],
+                  "test_knn_mean": spread(knn)["mean"], "test_knn_std": spread(knn)["std"],
+                  "test_linear_mean": spread(lin)["mean"], "test_linear_std": spread(lin)["std"],
+                  "val_first_bare": first["val/knn_acc"], "val_grid": grid_values.get(c),
+                  "test_recordings": first["test/recordings"], "cycles": first["cycles"]}
+    return out
 
 
-def analyse(raw: dict, max_epochs: int) -> dict:
-    grid = raw["grid"]
-    truth = {_key(t["params"]): t["metric"] for t in grid["trials"]}
-    g_epochs = sum(t["epochs"] for t in grid["trials"])
-    g_best = max(truth.values())
-    g_best_cfg = max(truth, key=truth.get)
+def strategy_rows(searches: list[dict], pc: dict, grid_values: dict, grid_epochs: int) -> list[dict]:
     rows = []
-    for r in raw["tpe"]:
+    for r in searches:
+        sel = tuple(r["selected"])
         tr = r["trials"]
         epochs = sum(t["epochs"] for t in tr)
-        best = max(tr, key=lambda t: t["metric"])  # the service's rank 1 (metric at the trial's last epoch)
-        done = [t for t in tr if t["epochs"] >= max_epochs]
-        best_done = max(done, key=lambda t: t["metric"]) if done else None
-        sel = _key(best["params"])
-        rows.append({
-            "seed": r["seed"], "trials": len(tr), "distinct_configs": len({_key(t["params"]) for t in tr}),
-            "completed": len(done), "trial_epochs": epochs, "epoch_fraction": epochs / g_epochs,
-            "wall_s": r["wall_s"], "fit_s": r["fit_s"], "best_reported": best["metric"],
-            "best_completed": best_done["metric"] if best_done else None,
-            "selected": list(sel), "selected_epochs": best["epochs"], "selected_full_budget": truth.get(sel),
-            "gap_reported": g_best - best["metric"], "gap_selected_full_budget": g_best - truth.get(sel, float("nan")),
-            "found_grid_best": truth.get(sel) == g_best,
-        })
-    s = {
-        "grid": {"trials": len(grid["trials"]), "trial_epochs": g_epochs, "wall_s": grid["wall_s"],
-                 "fit_s": grid["fit_s"], "best": g_best, "best_config": list(g_best_cfg),
-                 "n_configs_at_best": sum(v == g_best for v in truth.values()),
-                 "values": sorted(truth.values(), reverse=True)},
-        "tpe": rows,
-    }
-    for k in ("trial_epochs", "epoch_fraction", "wall_s", "fit_s", "best_reported", "selected_full_budget",
-              "gap_reported", "gap_selected_full_budget"):
-        vals = [r[k] for r in rows if r[k] is not None]
-        s[f"tpe_{k}"] = spread(vals)
-    s["tpe_within_one_point"] = sum(r["gap_selected_full_budget"] <= 0.01 + 1e-9 for r in rows)
-    return s
+        rows.append({"strategy": r["strategy"], "seed": r["seed"], "trials": len(tr),
+                     "distinct_configs": len({_key(t["params"]) for t in tr}), "trial_epochs": epochs,
+                     "epoch_fraction": epochs / grid_epochs, "fit_s": r["fit_s"], "wall_s": r["wall_s"],
+                     "selected": list(sel), "selected_val": tr[0]["metric"], "selected_epochs": tr[0]["epochs"],
+                     "selected_val_full_budget": grid_values.get(sel),
+                     **{k: pc[sel][k] for k in ("test_knn_first", "test_linear_first", "test_knn_mean",
+                                                "test_linear_mean")}})
+    return rows
+
+
+def _verdict(name: str, diff: float, noise: float) -> str:
+    if diff > noise:
+        return f"{name} beats the baseline by {100 * diff:.1f} points, beyond the noise floor"
+    if diff < -noise:
+        return f"{name} is {100 * -diff:.1f} points worse than the baseline, beyond the noise floor"
+    return f"{name} is within the noise floor of the baseline ({100 * diff:+.1f} points)"
+
+
+def analyse(raw: list[dict], tests: list[dict], base: tuple, max_epochs: int) -> dict:
+    grid = next(r for r in raw if r["strategy"] == "grid")
+    grid_values = {_key(t["params"]): t["metric"] for t in grid["trials"]}
+    grid_epochs = sum(t["epochs"] for t in grid["trials"])
+    pc = per_config(tests, grid_values)
+    rows = strategy_rows(raw, pc, grid_values, grid_epochs)
+    noise = spread([c["test_knn_std"] for c in pc.values()])
+    noise_lin = spread([c["test_linear_std"] for c in pc.values()])
+    b = pc[base]
+    per_strategy, verdicts = {}, []
+    for s in STRATEGIES:
+        rs = [r for r in rows if r["strategy"] == s]
+        agg = {k: spread([r[k] for r in rs]) for k in ("test_knn_first", "test_linear_first", "test_knn_mean",
+                                                       "test_linear_mean", "trial_epochs", "epoch_fraction", "fit_s")}
+        agg["searches"], agg["distinct_picks"] = len(rs), len({tuple(r["selected"]) for r in rs})
+        per_strategy[s] = agg
+        verdicts.append(_verdict(STRATEGIES[s], agg["test_knn_first"]["mean"] - b["test_knn_first"], noise["mean"]))
+    return {"rows": rows, "per_strategy": per_strategy, "configs": list(pc.values()), "baseline": list(base),
+            "baseline_test": b, "noise_floor": noise, "noise_floor_linear": noise_lin, "verdicts": verdicts,
+            "grid_values": sorted(grid_values.values(), reverse=True), "grid_trial_epochs": grid_epochs,
+            "reproduced_seed42": sum(c["val_grid"] is not None and abs(c["val_first_bare"] - c["val_grid"]) < 1e-9
+                                     for c in pc.values()),
+            "in_grid": sum(c["val_grid"] is not None for c in pc.values())}
+
+
+def _c(c) -> str:
+    return ", ".join(f"{v:g}" for v in c)
+
+
+def _seeds(seeds) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def _ms(s: dict, nd: int = 3, scale: float = 1.0) -> str:
+    return "—" if not s.get("n") else f"{scale * s['mean']:.{nd}f} ± {scale * s['std']:.{nd}f}"
 
 
 def markdown(s: dict, a) -> str:
-    g = s["grid"]
-    head = ["search", "trials (distinct configs)", "trial-epochs", "fraction of grid epochs", "tuning wall s",
-            "best val/knn_acc (last epoch)", "selected config (lr, warmup, momentum)", "its full-budget value",
-            "gap to grid best, points"]
-    rows = [["(a) grid, FIFO", f"{g['trials']} ({g['trials']})", g["trial_epochs"], "1.00", f"{g['fit_s']:.0f}",
-             f"{g['best']:.3f}", ", ".join(str(v) for v in g["best_config"]) + (
-                 f" (+{g['n_configs_at_best'] - 1} tied)" if g["n_configs_at_best"] > 1 else ""), f"{g['best']:.3f}",
-             "0"]]
-    for r in s["tpe"]:
-        fb = r["selected_full_budget"]
-        rows.append([f"(b) TPE + ASHA, seed {r['seed']}", f"{r['trials']} ({r['distinct_configs']})", r["trial_epochs"],
-                     f"{r['epoch_fraction']:.2f}", f"{r['fit_s']:.0f}", f"{r['best_reported']:.3f}"
-                     + ("" if r["selected_epochs"] >= a.epochs else f" (at epoch {r['selected_epochs']})"),
-                     ", ".join(str(v) for v in r["selected"]), "—" if fb is None else f"{fb:.3f}",
-                     f"{100 * r['gap_selected_full_budget']:.1f}"])
+    """Per search, per strategy (mean ± std over search seeds), the baseline; per configuration; verdicts."""
+    head = ["strategy", "search seed", "trials (distinct)", "trial-epochs (fraction of grid)", "tuning wall s",
+            "selected (lr, warmup, momentum)", "its val/knn_acc in the search", "test/knn_acc (seed 42)",
+            "test/linear_acc (seed 42)", f"test/knn_acc, mean of seeds {_seeds(a.train_seeds)}"]
+    rows = []
+    for r in s["rows"]:
+        at = "" if r["selected_epochs"] >= a.epochs else f" (epoch {r['selected_epochs']})"
+        rows.append([STRATEGIES[r["strategy"]], "—" if r["strategy"] == "grid" else r["seed"],
+                     f"{r['trials']} ({r['distinct_configs']})", f"{r['trial_epochs']} ({r['epoch_fraction']:.2f})",
+                     f"{r['fit_s']:.0f}", _c(r["selected"]), f"{r['selected_val']:.3f}{at}",
+                     f"{r['test_knn_first']:.3f}", f"{r['test_linear_first']:.3f}", f"{r['test_knn_mean']:.3f}"])
+    for k, name in STRATEGIES.items():
+        p = s["per_strategy"][k]
+        rows.append([f"**{name}**, mean ± std over {p['searches']} search(es)", "", f"{p['distinct_picks']} distinct pick(s)",
+                     _ms(p["trial_epochs"], 1), _ms(p["fit_s"], 0), "", "", f"**{_ms(p['test_knn_first'])}**",
+                     _ms(p["test_linear_first"]), _ms(p["test_knn_mean"])])
+    b = s["baseline_test"]
+    rows.append(["**(d) baseline configuration** (no search)", "", "", "0", "0", _c(s["baseline"]), "",
+                 f"**{b['test_knn_first']:.3f}**", f"{b['test_linear_first']:.3f}", f"{b['test_knn_mean']:.3f}"])
+    picks = {}
+    for r in s["rows"]:
+        picks.setdefault(tuple(r["selected"]), []).append(r["strategy"] + ("" if r["strategy"] == "grid" else str(r["seed"])))
+    crow = []
+    for c in s["configs"]:
+        who = picks.get(tuple(c["config"]), [])
+        if tuple(c["config"]) == tuple(s["baseline"]):
+            who = who + ["baseline"]
+        crow.append([_c(c["config"]), ", ".join(who), "—" if c["val_grid"] is None else f"{c['val_grid']:.3f}",
+                     f"{c['val_first_bare']:.3f}", ", ".join(f"{v:.3f}" for v in c["test_knn"]),
+                     f"{c['test_knn_mean']:.3f} ± {c['test_knn_std']:.3f}",
+                     f"{c['test_linear_mean']:.3f} ± {c['test_linear_std']:.3f}"])
+    cfg_table = md_table(["configuration", "picked by", "val/knn_acc, grid (Ray, seed 42)", "val/knn_acc, bare Trainer seed 42",
+                          f"test/knn_acc, seeds {_seeds(a.train_seeds)}", "test/knn_acc mean ± std",
+                          "test/linear_acc mean ± std"], crow)
+    n, c0 = s["noise_floor"], s["configs"][0]
+    note = (f"Test split: {c0['test_recordings']:.0f} recordings ({c0['cycles'][2]} cycles; train {c0['cycles'][0]}, "
+            f"validation {c0['cycles'][1]} cycles). Noise floor (std of test/knn_acc over training seeds, mean over the "
+            f"{n['n']} configurations trained): **{100 * n['mean']:.1f} points** (min–max {100 * n['min']:.1f}–"
+            f"{100 * n['max']:.1f}); test/linear_acc {100 * s['noise_floor_linear']['mean']:.1f} points. Seed 42 "
+            f"reproduced the search's val/knn_acc for {s['reproduced_seed42']}/{s['in_grid']} configurations. "
+            f"Grid val/knn_acc values, best first: {', '.join(f'{v:.3f}' for v in s['grid_values'])}.\n\n"
+            "Verdict (test/knn_acc at seed 42, mean over search seeds, against the baseline; beyond noise = the "
+            "difference exceeds the noise floor): " + "; ".join(s["verdicts"]) + ".")
+    return md_table(head, rows) + "\n\n" + cfg_table + "\n\n" + note
 
-    def ms(k, nd=2, scale=1.0):
-        v = s[f"tpe_{k}"]
-        return f"{scale * v['mean']:.{nd}f} ± {scale * v['std']:.{nd}f} ({scale * v['min']:.{nd}f}–{scale * v['max']:.{nd}f})"
 
-    rows.append([f"(b) mean ± std (min–max) over {len(s['tpe'])} seeds", "", ms("trial_epochs", 1),
-                 ms("epoch_fraction"), ms("fit_s", 0), ms("best_reported", 3), "", ms("selected_full_budget", 3),
-                 ms("gap_selected_full_budget", 1, 100)])
-    n = len(s["tpe"])
-    note = (f"\n\nTarget: (b) within 1 point of (a)'s best at <= 0.35 of its trial-epochs. Within 1 point (full-budget "
-            f"value of the selected configuration): {s['tpe_within_one_point']}/{n} seeds; trial-epoch fraction "
-            f"{s['tpe_epoch_fraction']['mean']:.2f} (max {s['tpe_epoch_fraction']['max']:.2f}). "
-            f"Grid values, best first: {', '.join(f'{v:.3f}' for v in g['values'])}.")
-    return md_table(head, rows) + note
-
-
-def main(argv=None) -> int:
+def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="TPE sampler seeds for (b)")
-    ap.add_argument("--num-samples", type=int, default=10, help="(b): configurations sampled per search")
-    ap.add_argument("--epochs", type=int, default=9, help="max_epochs (grid: every trial; ASHA's max_t)")
-    ap.add_argument("--steps", type=int, default=6, help="training.max_steps_per_epoch")
-    ap.add_argument("--grace", type=int, default=2)
-    ap.add_argument("--rf", type=float, default=3)
-    ap.add_argument("--data", default="synthetic:40")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="search seeds of (b) and (c)")
+    ap.add_argument("--num-samples", type=int, default=6, help="(b), (c): configurations sampled per search")
+    ap.add_argument("--epochs", type=int, default=None, help="max_epochs (default: the budget's)")
+    ap.add_argument("--steps", type=int, default=None, help="training.max_steps_per_epoch (default: the budget's)")
+    ap.add_argument("--grace", type=int, default=None, help="ASHA grace period (default: the budget's)")
+    ap.add_argument("--rf", type=float, default=None, help="ASHA reduction factor (default: the budget's)")
+    ap.add_argument("--data", default=None, help="data spec (default: the budget's, synthetic:120)")
+    ap.add_argument("--test-fraction", type=float, default=None, help="held-out test groups (default: the budget's)")
     ap.add_argument("--lr", type=float, nargs="+", default=LR)
     ap.add_argument("--warmup", type=int, nargs="+", default=WARMUP)
     ap.add_argument("--momentum", type=float, nargs="+", default=MOMENTUM)
-    ap.add_argument("--timeout", type=float, default=3000)
-    ap.add_argument("--smoke-test", action="store_true", help="2-config grid, 1 TPE seed of 2 samples, 2 epochs x 2 steps")
-    ap.add_argument("--noise-seeds", type=int, nargs="*", default=[42, 43, 44, 45],
-                    help="training seeds for the noise check of the grid best and (b)'s picks (bare Trainer; "
-                         "42 = the searches' seed, a reproduction check); none: skip")
-    ap.add_argument("--noise-from", default=None, help="only run the noise check on this saved JSON and add it")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=TRAIN_SEEDS,
+                    help="training seeds of the test retraining (the first = the searches' seed)")
+    ap.add_argument("--timeout", type=float, default=5400, help="seconds for all searches together")
+    ap.add_argument("--smoke-test", action="store_true",
+                    help="synthetic:40, 2-config grid, 1 search seed of 2 samples, 2 epochs x 2 steps, seeds 42 43")
+    ap.add_argument("--tests-from", default=None, help="only (re)run the test retraining of this saved JSON's searches")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--noise-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--test-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.smoke_test:
+        a.seeds, a.num_samples, a.epochs, a.steps, a.grace, a.rf = [0], 2, 2, 2, 1, 2
+        a.data, a.lr, a.warmup, a.momentum, a.train_seeds = "synthetic:40", [2e-3, 6e-3], [1], [0.999], [42, 43]
+    return a
+
+
+def run_searches(a, args: dict, tmp: Path, cache: Path) -> dict:
+    """The searches in a worker process (one Ray); -> {"raw": [...], "total_s"}."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--worker", json.dumps({"tmp": str(tmp), "cache": str(cache),
+                                                                          "args": args})],
+                       cwd=REPO, capture_output=True, text=True, timeout=a.timeout)
+    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("RESULT ")), None)
+    if line is None:
+        print(p.stdout[-3000:], p.stderr[-6000:], file=sys.stderr)
+        raise RuntimeError(f"search worker failed (rc {p.returncode})")
+    return {"raw": json.loads(line[7:]), "search_s": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
     if a.worker:
         print("RESULT " + json.dumps(worker(json.loads(a.worker)), default=str), flush=True)
         return 0
-    if a.noise_worker:
-        print("RESULT " + json.dumps(noise_worker(json.loads(a.noise_worker))), flush=True)
+    if a.test_worker:
+        print("RESULT " + json.dumps(test_worker(json.loads(a.test_worker))), flush=True)
         return 0
-    if a.noise_from:
-        saved = json.loads(Path(a.noise_from).read_text())
-        tmp = Path(tempfile.mkdtemp(prefix="pahcl_search_noise_"))
-        from pahcl.config import load_config
-        from pahcl.train import prepare_data
-
-        prepare_data(load_config(None, preset="tiny"), saved["args"]["data"], cache_dir=tmp / "cache", log=lambda m: None)
-        t0 = time.perf_counter()
-        saved["noise"] = run_noise(saved, a.noise_seeds, tmp, tmp / "cache")
-        saved["noise"].update(command=command(argv), seconds=time.perf_counter() - t0, date=machine()["date"],
-                              loadavg_end=[round(v, 2) for v in os.getloadavg()])
-        text = noise_markdown(saved["noise"])
-        print(text)
-        write_json(a.out or a.noise_from, saved)
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        return 0
-    if a.smoke_test:
-        a.seeds, a.num_samples, a.epochs, a.steps, a.grace, a.rf = [0], 2, 2, 2, 1, 2
-        a.lr, a.warmup, a.momentum = [2e-3, 6e-3], [1], [0.99]
-
     import torch
 
     torch.set_num_threads(1)
-    m0 = machine()
+    saved = json.loads(Path(a.tests_from).read_text()) if a.tests_from else None
+    if saved:
+        a = argparse.Namespace(**{**vars(a), **saved["args"]})
+    fill_defaults(a)
     tmp = Path(tempfile.mkdtemp(prefix="pahcl_search_eff_"))
     cache = tmp / "cache"
     from pahcl.config import load_config
     from pahcl.train import prepare_data
 
     prepare_data(load_config(None, preset="tiny"), a.data, cache_dir=cache, log=lambda m: None)  # fill the cache once
-    args = {k: v for k, v in vars(a).items() if k not in ("out", "worker", "noise_worker", "noise_from")}
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, __file__, "--worker", json.dumps({"tmp": str(tmp), "cache": str(cache),
-                                                                          "args": args})],
-                       cwd=REPO, capture_output=True, text=True, timeout=a.timeout)
-    total = time.perf_counter() - t0
-    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("RESULT ")), None)
-    if line is None:
-        print(p.stdout[-3000:], p.stderr[-6000:], file=sys.stderr)
-        return 1
-    raw = json.loads(line[7:])
-    s = analyse(raw, a.epochs)
-    table = markdown(s, a)
-    print(table)
-    saved = {"bench": "search_efficiency", "command": command(argv), "machine": m0, "args": args,
-             "space": space_dict(a, a.num_samples, 0), "total_s": total, "summary": s, "raw": raw, "markdown": table}
-    if a.noise_seeds and not a.smoke_test:
-        t1 = time.perf_counter()
-        saved["noise"] = run_noise(saved, a.noise_seeds, tmp, cache)
-        saved["noise"].update(command=command(argv), seconds=time.perf_counter() - t1, date=machine()["date"],
-                              loadavg_end=[round(v, 2) for v in os.getloadavg()])
-        print("\n" + noise_markdown(saved["noise"]))
-    m0["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    write_json(a.out, saved)
-    import shutil
-
+    if not saved:
+        args = {k: v for k, v in vars(a).items() if k not in ("out", "worker", "test_worker", "tests_from")}
+        saved = {"bench": "search_efficiency", "command": command(argv), "machine": machine(), "args": args,
+                 "space": space_dict(a, a.num_samples, 0), **run_searches(a, args, tmp, cache)}
+        write_json(a.out, saved)  # the searches are kept even if the retraining below fails
+    base = baseline_config(a, tmp)
+    picked = [tuple(r["selected"]) for r in saved["raw"]]
+    configs = list(dict.fromkeys(picked + [base]))
+    t1 = time.perf_counter()
+    saved["tests"] = run_tests(configs, a.train_seeds, saved["args"], tmp, cache)
+    saved["test_s"] = time.perf_counter() - t1
+    s = analyse(saved["raw"], saved["tests"], base, a.epochs)
+    saved["summary"], saved["markdown"] = s, markdown(s, a)
+    saved["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    saved["machine"]["date_end"] = machine()["date"]
+    print(saved["markdown"])
+    write_json(a.out or a.tests_from, saved)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
