@@ -19,8 +19,8 @@ local Ray (``num_cpus=2``) started before the first search (walls exclude Ray st
     deterministic, so a grid is deterministic).
 (b) TPE + ASHA: the service's own Tuner (``run_search.build_tuner``), ``--num-samples`` configurations, once
     per search seed.
-(c) random + ASHA: the same Tuner with Optuna's RandomSampler(seed) in place of the TPESampler (everything else,
-    ASHA, no-repeat wrapper and concurrency limit included, is ``build_tuner``'s), same search seeds.
+(c) random + ASHA: ``build_tuner``'s Tuner with Optuna's RandomSampler(seed) in place of the TPESampler (same
+    no-repeat wrapper, concurrency limit, PersistentASHA and callbacks; a tuner factory here), same search seeds.
 (d) the baseline configuration (``Space.baseline_params``: the recommended defaults snapped into the space;
     what the service's confirmation compares with): no search.
 "The configuration a strategy selects" = the top row of its ranked table (results.csv: finished trials first).
@@ -123,29 +123,37 @@ def _grid_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, 
     )
 
 
-def _random_tuner(space, *args, **kw):
-    """``run_search.build_tuner`` with Optuna's RandomSampler(space.seed) where it builds its TPESampler: the
-    service's Tuner (ASHA, no-repeat wrapper, concurrency limit, callbacks) with only the sampler swapped.
-    Raises if build_tuner no longer builds its sampler that way (the swap would silently not happen)."""
+def _random_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2,
+                  callbacks=(), **_kw):
+    """``run_search.build_tuner``'s Tuner with Optuna's RandomSampler(seed) in place of its TPESampler: the same
+    no-repeat wrapper, concurrency limit, PersistentASHA and end-of-trial callback (built from the same public
+    classes here: build_tuner takes no sampler argument)."""
     import optuna
+    from ray import tune as ray_tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
 
-    from tune import run_search
+    from tune.mlflow_utils import EndChildRunsCallback
+    from tune.run_search import ASHA_STATE
+    from tune.schedulers import PersistentASHA
+    from tune.searchers import NoRepeatSearcher
 
-    made, tpe = [], optuna.samplers.TPESampler
-
-    def random_sampler(*_a, seed=None, **_k):
-        made.append(optuna.samplers.RandomSampler(seed=seed))
-        return made[-1]
-
-    optuna.samplers.TPESampler = random_sampler
-    try:
-        tuner = run_search.build_tuner(space, *args, **kw)
-    finally:
-        optuna.samplers.TPESampler = tpe
-    if len(made) != 1:
-        raise RuntimeError("random search: run_search.build_tuner did not build its sampler through "
-                           "optuna.samplers.TPESampler; update bench/search_efficiency.py::_random_tuner")
-    return tuner
+    searcher = OptunaSearch(space=space.optuna_space(), metric=space.metric, mode=space.mode,
+                            sampler=optuna.samplers.RandomSampler(seed=space.seed))
+    searcher = NoRepeatSearcher(searcher, grid=space.grid(), seed=space.seed)
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials)
+    scheduler = PersistentASHA(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
+                               reduction_factor=space.reduction_factor, state_file=str(state_dir / ASHA_STATE),
+                               metric=space.metric, mode=space.mode)
+    callbacks = [EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"],
+                                      mlflow_ids["parent_run_id"], space.max_epochs,
+                                      asha_state=str(state_dir / ASHA_STATE)), *callbacks]
+    return ray_tune.Tuner(
+        trainable, tune_config=ray_tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
+                                                   reuse_actors=True),
+        run_config=ray_tune.RunConfig(name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
+                                      checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+                                      failure_config=ray_tune.FailureConfig(max_failures=max_failures), verbose=1))
 
 
 class TimedTuner:
@@ -400,6 +408,79 @@ def markdown(s: dict, a) -> str:
             "Verdict (test/knn_acc at seed 42, mean over search seeds, against the baseline; beyond noise = the "
             "difference exceeds the noise floor): " + "; ".join(s["verdicts"]) + ".")
     return md_table(head, rows) + "\n\n" + cfg_table + "\n\n" + note
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md (bench/run_all.py)
+
+SECTION = "## 2. Search strategies judged on test accuracy: grid, TPE + ASHA, random + ASHA, baseline"
+RUNS = {"search_efficiency": "python bench/search_efficiency.py --out bench/results/search_efficiency.json",
+        "search_efficiency_yaseen": "python bench/search_efficiency.py --data yaseen:../shared/data/yaseen2018 "
+                                    "--out bench/results/search_efficiency_yaseen.json"}
+
+
+def _when(j: dict) -> str:
+    m = j["machine"]
+    la, le = m.get("loadavg") or [], m.get("loadavg_end") or []
+    return (f"{m['date']}; load average (1/5/15 min) at start {'/'.join(f'{v:.2f}' for v in la)}, at end "
+            f"{'/'.join(f'{v:.2f}' for v in le)}; searches {j['search_s'] / 60:.1f} min, test retraining "
+            f"{j['test_s'] / 60:.1f} min")
+
+
+def _setup(j: dict) -> str:
+    a, sp = j["args"], j["space"]
+    n_grid = len(a["lr"]) * len(a["warmup"]) * len(a["momentum"])
+    return (f"`{a['data']}`, tiny preset, batch 8 x 2, queue {sp['fixed']['model.queue_size']}, `max_steps_per_epoch` "
+            f"{a['steps']}, `max_epochs` {a['epochs']}, ASHA grace {a['grace']} / reduction factor {a['rf']:g}, 2 trials "
+            f"at a time; learning rate {a['lr']} x warmup {a['warmup']} x momentum {a['momentum']} = {n_grid} "
+            f"configurations; (b) and (c) sample {a['num_samples']} each, search seeds {a['seeds']}; test split "
+            f"{a['test_fraction']:g} of the groups; retraining seeds {a['train_seeds']}.")
+
+
+def section(runs: dict) -> str:
+    """The section of docs/benchmarks.md from the JSON of each run ({name: JSON or None})."""
+    out = [SECTION, "",
+           "Which configuration does each strategy select, and how good is it on the held-out **test** split that no "
+           "search saw? moco_stage2's `synthetic_cpu` budget with the searched keys made discrete. (a) every "
+           "configuration for `max_epochs` (`tune.grid_search`, FIFO; deterministic, so one run); (b) the service's own "
+           "Tuner (`run_search.build_tuner`: OptunaSearch + TPESampler(seed), no-repeat wrapper, ConcurrencyLimiter, "
+           "PersistentASHA); (c) the same Tuner with Optuna's RandomSampler(seed) in place of the TPESampler; (d) the "
+           "baseline configuration (`Space.baseline_params`, what the service's confirmation compares with), no "
+           "search. All searches go through `tune.run_search.main` on one local Ray with the service's split (test "
+           "groups held out, `confirm.top` 0). The configuration a strategy selects is the top row of its fair-ranked "
+           "table; each distinct selected configuration and the baseline are retrained with the bare Trainer at the "
+           "full budget with training seeds 42 (the searches' seed: it must reproduce the search's value), 43, 44, and "
+           "the test split is scored by `pahcl.evaluate.test_metrics` (recording level; kNN is the headline, linear "
+           "probe beside it). The noise floor is the std of a configuration's test/knn_acc over those training seeds."]
+    for name, cmd in RUNS.items():
+        j = runs.get(name)
+        out += ["", f"### {'Yaseen' if 'yaseen' in name else 'Synthetic'}", ""]
+        if not j or "summary" not in j:
+            out.append(f"Not run yet: `{cmd}`.")
+            continue
+        out += ["```", j["command"], "```", "", _when(j) + ".", "", _setup(j), "", j["markdown"]]
+    return "\n".join(out) + "\n"
+
+
+def headline(runs: dict) -> list[str]:
+    """One headline line per run: each strategy's test/knn_acc against the baseline's and the noise floor."""
+    out = []
+    for name, j in runs.items():
+        if not j or "summary" not in j:
+            continue
+        s = j["summary"]
+        per = ", ".join(f"{STRATEGIES[k].split(' ', 1)[1]} {_ms(s['per_strategy'][k]['test_knn_first'])}" for k in STRATEGIES)
+        out.append(f"Search strategies on test/knn_acc (`{j['args']['data']}`, {len(j['args']['seeds'])} search seeds): "
+                   f"{per}; baseline **{s['baseline_test']['test_knn_first']:.3f}**; noise floor "
+                   f"{100 * s['noise_floor']['mean']:.1f} points.")
+    return out
+
+
+def finding(runs: dict) -> str:
+    """The Findings paragraph: the verdicts of each run, in plain words."""
+    parts = [f"`{j['args']['data']}`: " + "; ".join(j["summary"]["verdicts"]) for j in runs.values()
+             if j and "summary" in j]
+    return ("**Search strategy.** Judged by the test accuracy of the configuration each selects (section 2), "
+            "against the baseline configuration and the training-seed noise floor: " + ". ".join(parts) + ".") if parts else ""
 
 
 def parse(argv):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +31,7 @@ def test_encoder_table_smoke(tmp_path):
     assert "| 0-1 → 2-9 | pretrained encoder | 1 |" in j["markdown"]
 
 
+@pytest.mark.slow
 def test_search_efficiency_smoke(tmp_path):
     """Grid, TPE + ASHA and random + ASHA through run_search.main, then each selected configuration and the
     baseline retrained with seeds 42, 43 and scored on the held-out test split."""
@@ -46,6 +49,10 @@ def test_search_efficiency_smoke(tmp_path):
     assert all(0 <= r[k] <= 1 for r in j["tests"] for k in ("test/knn_acc", "test/linear_acc"))
     assert s["reproduced_seed42"] == s["in_grid"] == len(s["configs"])  # bare Trainer seed 42 = the Ray trial
     assert len(s["verdicts"]) == 3 and "| **(d) baseline configuration** (no search) |" in j["markdown"]
+    import run_all  # docs/benchmarks.md section 2: this run rendered, the Yaseen run "not run yet"
+
+    text = run_all.sec_search({"search_efficiency": j})
+    assert j["markdown"] in text and "Not run yet: `python bench/search_efficiency.py --data yaseen:" in text
 
 
 def test_preprocess_throughput_smoke(tmp_path):
