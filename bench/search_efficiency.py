@@ -318,12 +318,14 @@ def strategy_rows(searches: list[dict], pc: dict, grid_values: dict, grid_epochs
     return rows
 
 
-def _verdict(name: str, diff: float, noise: float) -> str:
+def _verdict(name: str, diff: float, noise: float, diff_mean: float) -> str:
+    """Plain words: the strategy's selected test/knn_acc (seed 42) minus the baseline's, against the noise floor."""
+    both = f"{100 * diff:+.1f} points at seed 42, {100 * diff_mean:+.1f} on the mean over training seeds"
     if diff > noise:
-        return f"{name} beats the baseline by {100 * diff:.1f} points, beyond the noise floor"
+        return f"{name} beats the baseline beyond the noise floor ({both})"
     if diff < -noise:
-        return f"{name} is {100 * -diff:.1f} points worse than the baseline, beyond the noise floor"
-    return f"{name} is within the noise floor of the baseline ({100 * diff:+.1f} points)"
+        return f"{name} is worse than the baseline beyond the noise floor ({both})"
+    return f"{name} is within the noise floor of the baseline ({both})"
 
 
 def analyse(raw: list[dict], tests: list[dict], base: tuple, max_epochs: int) -> dict:
@@ -342,13 +344,29 @@ def analyse(raw: list[dict], tests: list[dict], base: tuple, max_epochs: int) ->
                                                        "test_linear_mean", "trial_epochs", "epoch_fraction", "fit_s")}
         agg["searches"], agg["distinct_picks"] = len(rs), len({tuple(r["selected"]) for r in rs})
         per_strategy[s] = agg
-        verdicts.append(_verdict(STRATEGIES[s], agg["test_knn_first"]["mean"] - b["test_knn_first"], noise["mean"]))
+        verdicts.append(_verdict(STRATEGIES[s], agg["test_knn_first"]["mean"] - b["test_knn_first"], noise["mean"],
+                                 agg["test_knn_mean"]["mean"] - b["test_knn_mean"]))
     return {"rows": rows, "per_strategy": per_strategy, "configs": list(pc.values()), "baseline": list(base),
             "baseline_test": b, "noise_floor": noise, "noise_floor_linear": noise_lin, "verdicts": verdicts,
             "grid_values": sorted(grid_values.values(), reverse=True), "grid_trial_epochs": grid_epochs,
             "reproduced_seed42": sum(c["val_grid"] is not None and abs(c["val_first_bare"] - c["val_grid"]) < 1e-9
                                      for c in pc.values()),
-            "in_grid": sum(c["val_grid"] is not None for c in pc.values())}
+            "in_grid": sum(c["val_grid"] is not None for c in pc.values()), "test_oracle": test_oracle(pc)}
+
+
+def test_oracle(pc: dict) -> dict:
+    """Over every configuration retrained: the best by mean test/knn_acc over the training seeds, and the range of
+    those means (what a perfect search could gain, against the noise floor)."""
+    means = {c: v["test_knn_mean"] for c, v in pc.items()}
+    best = max(means, key=means.get)
+    pairs = [(v["val_grid"], v["test_knn_mean"]) for v in pc.values() if v["val_grid"] is not None]
+    rho = None
+    if len(pairs) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr(*zip(*pairs)).statistic)
+    return {"n": len(means), "best": list(best), "best_mean": means[best], "min_mean": min(means.values()),
+            "range": means[best] - min(means.values()), "spearman_val_test": rho, "n_pairs": len(pairs)}
 
 
 def _c(c) -> str:
@@ -361,6 +379,19 @@ def _seeds(seeds) -> str:
 
 def _ms(s: dict, nd: int = 3, scale: float = 1.0) -> str:
     return "—" if not s.get("n") else f"{scale * s['mean']:.{nd}f} ± {scale * s['std']:.{nd}f}"
+
+
+def _oracle_note(s: dict) -> str:
+    o = s.get("test_oracle")
+    if not o or o["n"] < 2:
+        return ""
+    return (f"Over the {o['n']} configurations retrained, mean test/knn_acc (seeds {_seeds(s['configs'][0]['seeds'])}) "
+            f"ranges {o['min_mean']:.3f}–{o['best_mean']:.3f} ({100 * o['range']:.1f} points; best {_c(o['best'])}): what a "
+            f"perfect search could gain over the worst configuration, against a noise floor of "
+            f"{100 * s['noise_floor']['mean']:.1f} points."
+            + ("" if o.get("spearman_val_test") is None else
+               f" Rank correlation (Spearman) between a configuration's grid val/knn_acc and its mean test/knn_acc, over "
+               f"{o['n_pairs']} configurations: {o['spearman_val_test']:+.2f}."))
 
 
 def markdown(s: dict, a) -> str:
@@ -387,7 +418,7 @@ def markdown(s: dict, a) -> str:
     for r in s["rows"]:
         picks.setdefault(tuple(r["selected"]), []).append(r["strategy"] + ("" if r["strategy"] == "grid" else str(r["seed"])))
     crow = []
-    for c in s["configs"]:
+    for c in sorted(s["configs"], key=lambda c: -(c["val_grid"] if c["val_grid"] is not None else -1)):
         who = picks.get(tuple(c["config"]), [])
         if tuple(c["config"]) == tuple(s["baseline"]):
             who = who + ["baseline"]
@@ -404,9 +435,10 @@ def markdown(s: dict, a) -> str:
             f"{n['n']} configurations trained): **{100 * n['mean']:.1f} points** (min–max {100 * n['min']:.1f}–"
             f"{100 * n['max']:.1f}); test/linear_acc {100 * s['noise_floor_linear']['mean']:.1f} points. Seed 42 "
             f"reproduced the search's val/knn_acc for {s['reproduced_seed42']}/{s['in_grid']} configurations. "
-            f"Grid val/knn_acc values, best first: {', '.join(f'{v:.3f}' for v in s['grid_values'])}.\n\n"
-            "Verdict (test/knn_acc at seed 42, mean over search seeds, against the baseline; beyond noise = the "
-            "difference exceeds the noise floor): " + "; ".join(s["verdicts"]) + ".")
+            f"Grid val/knn_acc values, best first: {', '.join(f'{v:.3f}' for v in s['grid_values'])}. "
+            + _oracle_note(s) + "\n\n"
+            "Verdict (test/knn_acc of the selected configuration at seed 42, mean over search seeds, minus the "
+            "baseline's; beyond noise = the difference exceeds the noise floor): " + "; ".join(s["verdicts"]) + ".")
     return md_table(head, rows) + "\n\n" + cfg_table + "\n\n" + note
 
 
@@ -453,11 +485,13 @@ def section(runs: dict) -> str:
            "probe beside it). The noise floor is the std of a configuration's test/knn_acc over those training seeds."]
     for name, cmd in RUNS.items():
         j = runs.get(name)
-        out += ["", f"### {'Yaseen' if 'yaseen' in name else 'Synthetic'}", ""]
+        data = j["args"]["data"] if j else cmd.split("--data ")[1].split()[0] if "--data" in cmd else "synthetic"
+        out += ["", f"### {'Yaseen' if 'yaseen' in name else 'Synthetic'} (`{data}`)", ""]
         if not j or "summary" not in j:
             out.append(f"Not run yet: `{cmd}`.")
             continue
-        out += ["```", j["command"], "```", "", _when(j) + ".", "", _setup(j), "", j["markdown"]]
+        cmds = [j["command"]] + ([j["tests_command"]] if j.get("tests_command") else [])
+        out += ["```", *cmds, "```", "", _when(j) + ".", "", _setup(j), "", j["markdown"]]
     return "\n".join(out) + "\n"
 
 
@@ -471,7 +505,10 @@ def headline(runs: dict) -> list[str]:
         per = ", ".join(f"{STRATEGIES[k].split(' ', 1)[1]} {_ms(s['per_strategy'][k]['test_knn_first'])}" for k in STRATEGIES)
         out.append(f"Search strategies on test/knn_acc (`{j['args']['data']}`, {len(j['args']['seeds'])} search seeds): "
                    f"{per}; baseline **{s['baseline_test']['test_knn_first']:.3f}**; noise floor "
-                   f"{100 * s['noise_floor']['mean']:.1f} points.")
+                   f"{100 * s['noise_floor']['mean']:.1f} points."
+            + ("" if o.get("spearman_val_test") is None else
+               f" Rank correlation (Spearman) between a configuration's grid val/knn_acc and its mean test/knn_acc, over "
+               f"{o['n_pairs']} configurations: {o['spearman_val_test']:+.2f}."))
     return out
 
 
@@ -498,6 +535,9 @@ def parse(argv):
     ap.add_argument("--momentum", type=float, nargs="+", default=MOMENTUM)
     ap.add_argument("--train-seeds", type=int, nargs="+", default=TRAIN_SEEDS,
                     help="training seeds of the test retraining (the first = the searches' seed)")
+    ap.add_argument("--test-all-configs", action=argparse.BooleanOptionalAction, default=True,
+                    help="also retrain every grid configuration (not only the picks and the baseline): the best "
+                         "configuration on test data and the spread of the configurations' test means")
     ap.add_argument("--timeout", type=float, default=5400, help="seconds for all searches together")
     ap.add_argument("--smoke-test", action="store_true",
                     help="synthetic:40, 2-config grid, 1 search seed of 2 samples, 2 epochs x 2 steps, seeds 42 43")
@@ -537,7 +577,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     saved = json.loads(Path(a.tests_from).read_text()) if a.tests_from else None
-    if saved:
+    if saved:  # the searches' settings from the file; the retraining's from this command line
+        test_opts = {k: getattr(a, k) for k in ("train_seeds", "test_all_configs")}
+        saved["args"].update(test_opts)
         a = argparse.Namespace(**{**vars(a), **saved["args"]})
     fill_defaults(a)
     tmp = Path(tempfile.mkdtemp(prefix="pahcl_search_eff_"))
@@ -553,7 +595,10 @@ def main(argv=None) -> int:
         write_json(a.out, saved)  # the searches are kept even if the retraining below fails
     base = baseline_config(a, tmp)
     picked = [tuple(r["selected"]) for r in saved["raw"]]
-    configs = list(dict.fromkeys(picked + [base]))
+    grid = [_key(t["params"]) for r in saved["raw"] if r["strategy"] == "grid" for t in r["trials"]]
+    configs = list(dict.fromkeys(picked + [base] + (grid if a.test_all_configs else [])))
+    if a.tests_from:
+        saved["tests_command"] = command(argv)
     t1 = time.perf_counter()
     saved["tests"] = run_tests(configs, a.train_seeds, saved["args"], tmp, cache)
     saved["test_s"] = time.perf_counter() - t1
