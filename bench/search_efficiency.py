@@ -1,12 +1,15 @@
 """Search strategies judged on TEST accuracy: grid, TPE + ASHA, random + ASHA and the baseline configuration.
 
-    python bench/search_efficiency.py --out bench/results/search_efficiency.json      # synthetic:120, ~TIME_SYN
+    python bench/search_efficiency.py --out bench/results/search_efficiency.json      # synthetic:120, ~23 min*
     python bench/search_efficiency.py --data yaseen:../shared/data/yaseen2018 \\
-        --out bench/results/search_efficiency_yaseen.json                               # ~TIME_YAS
-    python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json            # ~2-4 min
+        --out bench/results/search_efficiency_yaseen.json                               # ~15 min*
+    python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json            # ~2-4 min*
     # only the test retraining again, on the searches a saved JSON holds (e.g. other training seeds):
     python bench/search_efficiency.py --tests-from bench/results/search_efficiency.json --train-seeds 42 43 44
     python bench/search_efficiency.py --reanalyse bench/results/search_efficiency.json     # tables again, no training
+
+* measured 2026-11-29 on the shared 2-core machine (load average 2-5): synthetic searches 10.8 min + test
+  retraining (12 configurations x 5 seeds) 11.9 min; Yaseen 9.3 + 5.1 min. Smoke test 2-4 min.
 
 Space: moco_stage2's ``synthetic_cpu`` budget (read from search_spaces/moco_stage2.yaml: tiny preset, its data
 ``synthetic:120`` unless ``--data``, batch 8 x 2, queue 256, ``max_steps_per_epoch`` 6, ``max_epochs`` 6, ASHA
@@ -533,11 +536,23 @@ def headline(runs: dict) -> list[str]:
 
 
 def finding(runs: dict) -> str:
-    """The Findings paragraph: the verdicts of each run, in plain words."""
-    parts = [f"`{j['args']['data']}`: " + "; ".join(j["summary"]["verdicts"]) for j in runs.values()
-             if j and "summary" in j]
-    return ("**Search strategy.** Judged by the test accuracy of the configuration each selects (section 2), "
-            "against the baseline configuration and the training-seed noise floor: " + ". ".join(parts) + ".") if parts else ""
+    """The Findings paragraph: the verdicts of each run, and how much a perfect search could gain, in plain words."""
+    parts = []
+    for j in runs.values():
+        if not j or "summary" not in j:
+            continue
+        s, o = j["summary"], j["summary"].get("test_oracle") or {}
+        rho = o.get("spearman_val_test")
+        parts.append(f"`{j['args']['data']}`: " + "; ".join(s["verdicts"]) + (
+            f". All {o['n']} configurations' test means span {100 * o['range']:.1f} points against a noise floor of "
+            f"{100 * s['noise_floor']['mean']:.1f}" + ("" if rho is None else
+                                                        f"; the grid's validation ranking vs test: Spearman {rho:+.2f}")
+            if o.get("n", 0) > 1 else ""))
+    beats = [v for j in runs.values() if j and "summary" in j for v in j["summary"]["verdicts"] if "beats" in v]
+    plain = ("No strategy beats the baseline configuration beyond noise on any data set here. " if not beats else "")
+    return ("**Search strategy.** " + plain + "Judged by the test accuracy of the configuration each selects "
+            "(section 2), against the baseline configuration and the training-seed noise: " + ". ".join(parts) + ".") \
+        if parts else ""
 
 
 def parse(argv):
