@@ -1,9 +1,9 @@
 """Run the CPU benchmarks and (re)write docs/benchmarks.md from their JSON results.
 
-    python bench/run_all.py                          # every bench (~30-40 min on 2 cores), then the doc
+    python bench/run_all.py                          # every bench (~1 h on 2 cores), then the doc
     python bench/run_all.py --smoke-test             # every bench with --smoke-test (minutes); doc -> bench/results/smoke/
     python bench/run_all.py --only harness_overhead concurrency      # re-run some, keep the others' JSON
-    python bench/run_all.py --skip search_efficiency                 # everything but the longest one
+    python bench/run_all.py --skip search_efficiency search_efficiency_yaseen   # all but the longest two (~25 min)
     python bench/run_all.py --render-only            # just rewrite docs/benchmarks.md from bench/results/*.json
 
 Raw results: bench/results/<bench>.json (not committed), logs in bench/results/logs/. The doc is
