@@ -366,7 +366,8 @@ def analyse(raw: list[dict], tests: list[dict], base: tuple, max_epochs: int) ->
         verdicts.append(_verdict(STRATEGIES[s], agg["test_knn_mean"]["mean"] - b["test_knn_mean"], threshold,
                                  agg["test_knn_first"]["mean"] - b["test_knn_first"]))
     return {"rows": rows, "per_strategy": per_strategy, "configs": list(pc.values()), "baseline": list(base),
-            "baseline_test": b, "noise_floor": noise, "verdict_threshold": threshold, "noise_floor_linear": noise_lin, "verdicts": verdicts,
+            "baseline_test": b, "noise_floor": noise, "verdict_threshold": threshold, "noise_floor_linear": noise_lin,
+            "verdicts": verdicts,
             "grid_values": sorted(grid_values.values(), reverse=True), "grid_trial_epochs": grid_epochs,
             "reproduced_seed42": sum(c["val_grid"] is not None and abs(c["val_first_bare"] - c["val_grid"]) < 1e-9
                                      for c in pc.values()),
@@ -460,7 +461,8 @@ def markdown(s: dict, a) -> str:
             + _oracle_note(s) + "\n\n"
             f"Verdict (the selected configuration's test/knn_acc averaged over the training seeds, mean over search "
             f"seeds, minus the baseline's; beyond noise = more than the noise floor x sqrt(2/{len(a.train_seeds)}) = "
-            f"{100 * s['verdict_threshold']:.1f} points, the std of a difference of two {len(a.train_seeds)}-seed means): " + "; ".join(s["verdicts"]) + ".")
+            f"{100 * s['verdict_threshold']:.1f} points, the std of a difference of two {len(a.train_seeds)}-seed means): "
+            + "; ".join(s["verdicts"]) + ".")
     return md_table(head, rows) + "\n\n" + cfg_table + "\n\n" + note
 
 
