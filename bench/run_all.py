@@ -1,9 +1,9 @@
 """Run the CPU benchmarks and (re)write docs/benchmarks.md from their JSON results.
 
-    python bench/run_all.py                          # every bench (~30-40 min on 2 cores), then the doc
+    python bench/run_all.py                          # every bench (~1 h on 2 cores), then the doc
     python bench/run_all.py --smoke-test             # every bench with --smoke-test (minutes); doc -> bench/results/smoke/
     python bench/run_all.py --only harness_overhead concurrency      # re-run some, keep the others' JSON
-    python bench/run_all.py --skip search_efficiency                 # everything but the longest one
+    python bench/run_all.py --skip search_efficiency search_efficiency_yaseen   # all but the longest two (~25 min)
     python bench/run_all.py --render-only            # just rewrite docs/benchmarks.md from bench/results/*.json
 
 Raw results: bench/results/<bench>.json (not committed), logs in bench/results/logs/. The doc is
@@ -38,6 +38,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "mamba_backends": (["bench/mamba_backends.py", "--skip-large", "--repeats", "3", "--only", "full fused b8,full naive b8,small"],
                        ["--smoke-test"]),
     "search_efficiency": (["bench/search_efficiency.py"], ["--smoke-test"]),
+    "search_efficiency_yaseen": (["bench/search_efficiency.py", "--data", "yaseen:../shared/data/yaseen2018"],
+                                 ["--smoke-test"]),
     "preprocess_throughput": (["bench/preprocess_throughput.py"], ["--smoke-test"]),
     "objective_noise": (["bench/objective_noise.py"], ["--smoke-test", "--data", "synthetic:40"]),
 }
@@ -143,84 +145,11 @@ def _pooled(j: dict) -> float:
     return (sum(y) / len(y)) / (sum(b) / len(b)) if b and y else float("nan")
 
 
-def sec_search(j: dict | None) -> str:
-    h = "## 2. Search efficiency: full grid vs TPE + ASHA\n\n"
-    if not j:
-        return h + "Not run yet: `python bench/search_efficiency.py --out bench/results/search_efficiency.json`.\n"
-    s, a = j["summary"], j["args"]
-    g = s["grid"]
-    n = len(s["tpe"])
-    frac = s["tpe_epoch_fraction"]
-    within = s["tpe_within_one_point"]
-    ok_frac = frac["mean"] <= 0.35
-    ep = (f"trial-epochs met on average ({frac['mean']:.2f}" + (f"; one seed {frac['max']:.2f})" if frac["max"] > 0.35 else ")")
-          if ok_frac else f"trial-epochs missed ({frac['mean']:.2f} on average)")
-    target = ("met" if within == n and ok_frac else
-              f"missed on accuracy ({within}/{n} seeds within one point), {ep}" if within < n else
-              f"met on accuracy, {ep}")
-    return (h + _cmd(j["command"]) + f"\n\n{_when(j)}; whole bench {j['total_s'] / 60:.1f} min.\n\n"
-            f"Space: moco_stage2's CPU budget (tiny preset, `{a['data']}`, batch 8 x 2, queue 256, "
-            f"`max_steps_per_epoch` {a['steps']}, 2 trials at a time, 1 CPU each) made discrete: learning rate "
-            f"{a['lr']} x warmup epochs {a['warmup']} x MoCo momentum {a['momentum']} = {g['trials']} configurations, "
-            f"`max_epochs` {a['epochs']}. (a) every configuration for {a['epochs']} epochs (`tune.grid_search`, FIFO). "
-            f"(b) the service's own Tuner (`tune/run_search.py`: OptunaSearch + TPESampler(seed) + "
-            f"ConcurrencyLimiter(2) + PersistentASHA, grace period {a['grace']} = the largest warmup, reduction "
-            f"factor {a['rf']:g}) with {a['num_samples']} samples, search seeds {a['seeds']}. Both through "
-            "`tune.run_search.main` on one local Ray (start-up excluded from the walls). Training is seeded and "
-            "deterministic, so the grid value of a configuration is its full-budget result; \"full-budget value\" of "
-            "(b)'s pick is looked up there. One point = 0.01 accuracy.\n\n"
-            + _md(j["markdown"]) + "\n\n"
-            f"**Target ((b) within 1 point of (a)'s best at <= 0.35 of its trial-epochs): {target}.** "
-            f"Trial-epochs {frac['mean']:.2f} ± {frac['std']:.2f} of the grid's (min–max {frac['min']:.2f}–{frac['max']:.2f}); "
-            f"tuning wall {s['tpe_fit_s']['mean'] / max(g['fit_s'], 1e-9):.2f} of the grid's on average.\n" + _search_why(j))
+def sec_search(J: dict) -> str:
+    """Section 2: bench/search_efficiency.py, one run per data set (issue 12 item 7)."""
+    from search_efficiency import RUNS, section
 
-
-def _search_why(j: dict) -> str:
-    """Why: duplicates, ASHA rank inversions, metric granularity and training-seed noise (from the JSON)."""
-    s = j["summary"]
-    g = s["grid"]
-    best = tuple(g["best_config"])
-    lines = []
-    dup = [r["trials"] - r["distinct_configs"] for r in s["tpe"]]
-    if any(dup):
-        lines.append(f"TPE re-suggested configurations it had already run: {', '.join(map(str, dup))} duplicate trials "
-                     f"of {s['tpe'][0]['trials']} per seed (training is deterministic, so a repeat adds nothing).")
-    stopped = []
-    for r in j["raw"]["tpe"]:
-        for t in r["trials"]:
-            p = t["params"]
-            k = (float(p["training.learning_rate"]), int(p["training.warmup_epochs"]), float(p["model.moco_momentum"]))
-            if k == best and t["epochs"] < j["args"]["epochs"]:
-                stopped.append(f"seed {r['seed']}: stopped at epoch {t['epochs']} with {t['metric']:.3f}")
-    sampled = sum(any((float(t["params"]["training.learning_rate"]), int(t["params"]["training.warmup_epochs"]),
-                       float(t["params"]["model.moco_momentum"])) == best for t in r["trials"]) for r in j["raw"]["tpe"])
-    lines.append(f"The grid's best configuration {list(best)} was sampled in {sampled}/{len(s['tpe'])} searches"
-                 + (f"; ASHA stopped it early ({'; '.join(stopped)}): at that rung it ranked below configurations it "
-                    f"beats at epoch {j['args']['epochs']} (low-fidelity rank inversion)." if stopped else "."))
-    nz = j.get("noise")
-    if nz:
-        vc = nz.get("val_cycles") or 0
-        stds = [c["std"] for c in nz["configs"]]
-        lines.append(f"The validation set has {vc} cycles, so one cycle is {100 / max(vc, 1):.2f} points: \"within one "
-                     f"point\" means finding the single best of {g['trials']} configurations "
-                     f"({g['n_configs_at_best']} at the best value); with `synthetic:40` it holds the cycles of 3 "
-                     f"patients (grouped split, 30 %), so the metric also moves with how those 3 are embedded. Training-seed noise is far larger: the configurations "
-                     f"above, retrained with seeds {', '.join(map(str, nz['seeds']))} (bare Trainer; seed 42 reproduces "
-                     f"the Ray values exactly), vary with a std of {100 * min(stds):.0f}–{100 * max(stds):.0f} points, "
-                     f"and their seed means are within {100 * (max(c['mean'] for c in nz['configs']) - min(c['mean'] for c in nz['configs'])):.1f} "
-                     f"points of each other. On this budget a 1-point target is below the metric's resolution and its "
-                     f"noise; the grid's \"best\" is the luckiest configuration at seed 42.\n\n"
-                     + _cmd(nz["command"]) + f"\n\n{nz.get('date', '')}" + (f"; load average at end "
-                     f"{'/'.join(f'{x:.2f}' for x in nz['loadavg_end'])}" if nz.get("loadavg_end") else "")
-                     + ".\n\n" + _noise_table(nz))
-    return "\n" + "\n\n".join(lines) + "\n"
-
-
-def _noise_table(n: dict) -> str:
-    rows = [[", ".join(str(v) for v in c["config"]), "—" if c["grid_value"] is None else f"{c['grid_value']:.3f}",
-             ", ".join(f"{v:.3f}" for v in c["values"]), f"{c['mean']:.3f} ± {c['std']:.3f}"] for c in n["configs"]]
-    return md_table(["config (lr, warmup, momentum)", "grid value (seed 42, in Ray)",
-                     f"bare Trainer, training seeds {', '.join(map(str, n['seeds']))}", "mean ± std"], rows)
+    return section({n: J.get(n) for n in RUNS})
 
 
 def sec_concurrency(j: dict | None) -> str:
@@ -523,8 +452,8 @@ def _paired_noise(j: dict) -> str:
 
 def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
     m = machine()
-    J = {n: _load(d, n) for n in ("harness_overhead", "search_efficiency", "concurrency", "mamba_backends",
-                                  "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput",
+    J = {n: _load(d, n) for n in ("harness_overhead", "search_efficiency", "search_efficiency_yaseen", "concurrency",
+                                  "mamba_backends", "data_path", "segmentation_f1", "linear_probe_yaseen", "train_throughput",
                                   "encoder_table", "preprocess_throughput", "gpu_check", "objective_noise")}
     if J["concurrency"]:
         J["concurrency"]["_dir"] = str(d)
@@ -559,7 +488,7 @@ def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
                               [[b["name"], b["rc"], f"{b['wall_s']:.0f}", f"{b['load_start'][0]:.2f}",
                                 f"{b['load_end'][0]:.2f}"] for b in run_info["benches"]])]
     summary = headline(J)
-    parts = ["\n".join(head), summary, findings(J), sec_harness(J["harness_overhead"]), sec_search(J["search_efficiency"]),
+    parts = ["\n".join(head), summary, findings(J), sec_harness(J["harness_overhead"]), sec_search(J),
              sec_concurrency(J["concurrency"]), sec_mamba(J["mamba_backends"]), sec_data(J["data_path"]),
              sec_seg(J["segmentation_f1"]), sec_probe(J["linear_probe_yaseen"])]
     tp = sec_throughput(J["train_throughput"])
@@ -606,19 +535,11 @@ def findings(J: dict) -> str:
                    if bare_cpu.get("n") and ray_t.get("n") else "") + " Start-up is "
                    f"the visible cost: {fmt_spread(s['ray_e2e_s'], 0)} s end-to-end through the service vs "
                    f"{fmt_spread(s['bare_e2e_s'], 0)} s bare for the same steps.")
-    se = J["search_efficiency"]
+    from search_efficiency import RUNS, finding
+
+    se = finding({n: J.get(n) for n in RUNS})
     if se:
-        s = se["summary"]
-        dup = sum(r["trials"] - r["distinct_configs"] for r in s["tpe"])
-        tot = sum(r["trials"] for r in s["tpe"])
-        out.append(f"**Search strategy.** TPE + ASHA spent {s['tpe_epoch_fraction']['mean']:.2f} of the grid's "
-                   "trial-epochs but did not land within one point of the grid's best on this budget (section 2 says "
-                   f"why). Two things the service could change: (1) on an all-categorical space TPE repeated "
-                   f"{dup} of {tot} suggestions; skipping a configuration that already ran (or using Optuna's "
-                   "GridSampler when the space has fewer points than `num_samples`) would turn those into new "
-                   "configurations; (2) the objective is noisier across training seeds than the differences being "
-                   "ranked: `--seeds N` (mean over seeds) and a larger validation set than `synthetic:40`'s 3 "
-                   "patients are needed before a 1-point difference means anything.")
+        out.append(se)
     c = J["concurrency"]
     if c and c["cpu"]:
         by = {(r["preset"], r["trials"], r["threads_per_trial"]): r["aggregate_cycles_per_s"] for r in c["cpu"]}
@@ -649,14 +570,9 @@ def headline(J: dict) -> str:
                      f"**{fmt_spread(s['ratio_step_mean'])}** (median (min–max), {s['ratio_step_mean']['n']} pairs; "
                      f"pooled {_pooled(h):.3f}; target <= 1.03); end-to-end incl. start-up {fmt_spread(s['ray_e2e_s'], 1)} s vs "
                      f"{fmt_spread(s['bare_e2e_s'], 1)} s.")
-    se = J["search_efficiency"]
-    if se:
-        s = se["summary"]
-        items.append(f"Search: grid best val/knn_acc **{s['grid']['best']:.3f}** with {s['grid']['trial_epochs']} "
-                     f"trial-epochs; TPE + ASHA ({len(s['tpe'])} seeds) selected configurations worth "
-                     f"**{s['tpe_selected_full_budget']['mean']:.3f} ± {s['tpe_selected_full_budget']['std']:.3f}** at "
-                     f"**{s['tpe_epoch_fraction']['mean']:.2f} ± {s['tpe_epoch_fraction']['std']:.2f}** of the "
-                     f"trial-epochs; within one point in {s['tpe_within_one_point']}/{len(s['tpe'])} seeds.")
+    from search_efficiency import RUNS, headline as search_headline
+
+    items += search_headline({n: J.get(n) for n in RUNS})
     c = J["concurrency"]
     if c and c["cpu"]:
         by = {(r["preset"], r["trials"], r["threads_per_trial"]): r["aggregate_cycles_per_s"] for r in c["cpu"]}

@@ -1,9 +1,12 @@
-"""The --smoke-test of bench/encoder_table.py and bench/preprocess_throughput.py run end to end (real Trainer,
-real preprocessing) and write the JSON that bench/run_all.py renders."""
+"""The --smoke-test of bench/encoder_table.py, bench/preprocess_throughput.py and bench/search_efficiency.py run
+end to end (real Trainer, real preprocessing, real Ray Tune searches) and write the JSON that bench/run_all.py
+renders."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +29,30 @@ def test_encoder_table_smoke(tmp_path):
     runs = [r for r in j["runs"] if r["seed"] is not None]
     assert len(runs) == 2 and all(len(r["history"]) == 1 and not r["reused"] for r in runs)
     assert "| 0-1 → 2-9 | pretrained encoder | 1 |" in j["markdown"]
+
+
+@pytest.mark.slow
+def test_search_efficiency_smoke(tmp_path):
+    """Grid, TPE + ASHA and random + ASHA through run_search.main, then each selected configuration and the
+    baseline retrained with seeds 42, 43 and scored on the held-out test split."""
+    j = _run("search_efficiency.py", tmp_path / "se.json")
+    s = j["summary"]
+    assert j["space"]["confirm"] == {"top": 0, "test_fraction": 0.2}  # the service's split, no confirmation
+    assert [(r["strategy"], r["seed"]) for r in j["raw"]] == [("grid", 0), ("tpe", 0), ("random", 0)]
+    grid = {tuple(c) for c in ([2e-3, 1, 0.999], [6e-3, 1, 0.999])}
+    assert {tuple(r["selected"]) for r in s["rows"]} <= grid and tuple(s["baseline"]) == (2e-3, 1, 0.999)
+    assert s["grid_trial_epochs"] == 4 and s["per_strategy"]["grid"]["searches"] == 1
+    # each distinct configuration (the picks and the baseline) trained once per seed, on the same test split
+    assert sorted((tuple(r["config"]), r["seed"]) for r in j["tests"]) == sorted(
+        (tuple(c["config"]), sd) for c in s["configs"] for sd in (42, 43))
+    assert len({tuple(r["cycles"]) for r in j["tests"]}) == 1 and j["tests"][0]["test/recordings"] > 0
+    assert all(0 <= r[k] <= 1 for r in j["tests"] for k in ("test/knn_acc", "test/linear_acc"))
+    assert s["reproduced_seed42"] == s["in_grid"] == len(s["configs"])  # bare Trainer seed 42 = the Ray trial
+    assert len(s["verdicts"]) == 3 and "| **(d) baseline configuration** (no search) |" in j["markdown"]
+    import run_all  # docs/benchmarks.md section 2: this run rendered, the Yaseen run "not run yet"
+
+    text = run_all.sec_search({"search_efficiency": j})
+    assert j["markdown"] in text and "Not run yet: `python bench/search_efficiency.py --data yaseen:" in text
 
 
 def test_preprocess_throughput_smoke(tmp_path):
