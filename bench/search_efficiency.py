@@ -25,8 +25,8 @@ local Ray (``num_cpus=2``) started before the first search (walls exclude Ray st
     deterministic, so a grid is deterministic).
 (b) TPE + ASHA: the service's own Tuner (``run_search.build_tuner``), ``--num-samples`` (6) configurations,
     once per search seed (0-4).
-(c) random + ASHA: ``build_tuner``'s Tuner with Optuna's RandomSampler(seed) in place of the TPESampler (same
-    no-repeat wrapper, concurrency limit, PersistentASHA and callbacks; a tuner factory here), same search seeds.
+(c) random + ASHA: ``build_tuner(..., sampler=RandomSampler(seed))``: Optuna's RandomSampler in place of the
+    TPESampler (same no-repeat wrapper, concurrency limit, PersistentASHA and callbacks), same search seeds.
 (d) the baseline configuration (``Space.baseline_params``: the recommended defaults snapped into the space;
     what the service's confirmation compares with): no search.
 "The configuration a strategy selects" = the top row of its ranked table (results.csv: finished trials first).
@@ -131,37 +131,14 @@ def _grid_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, 
     )
 
 
-def _random_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2,
-                  callbacks=(), **_kw):
-    """``run_search.build_tuner``'s Tuner with Optuna's RandomSampler(seed) in place of its TPESampler: the same
-    no-repeat wrapper, concurrency limit, PersistentASHA and end-of-trial callback (built from the same public
-    classes here: build_tuner takes no sampler argument)."""
+def _random_tuner(space, *args, **kw):
+    """``run_search.build_tuner`` with Optuna's RandomSampler(seed) in place of its TPESampler: the same no-repeat
+    wrapper, concurrency limit, PersistentASHA and end-of-trial callback."""
     import optuna
-    from ray import tune as ray_tune
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    from tune.mlflow_utils import EndChildRunsCallback
-    from tune.run_search import ASHA_STATE
-    from tune.schedulers import PersistentASHA
-    from tune.searchers import NoRepeatSearcher
+    from tune.run_search import build_tuner
 
-    searcher = OptunaSearch(space=space.optuna_space(), metric=space.metric, mode=space.mode,
-                            sampler=optuna.samplers.RandomSampler(seed=space.seed))
-    searcher = NoRepeatSearcher(searcher, grid=space.grid(), seed=space.seed)
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials)
-    scheduler = PersistentASHA(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                               reduction_factor=space.reduction_factor, state_file=str(state_dir / ASHA_STATE),
-                               metric=space.metric, mode=space.mode)
-    callbacks = [EndChildRunsCallback(mlflow_ids["tracking_uri"], mlflow_ids["experiment_id"],
-                                      mlflow_ids["parent_run_id"], space.max_epochs,
-                                      asha_state=str(state_dir / ASHA_STATE)), *callbacks]
-    return ray_tune.Tuner(
-        trainable, tune_config=ray_tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
-                                                   reuse_actors=True),
-        run_config=ray_tune.RunConfig(name=search_id, storage_path=str(ray_dir), callbacks=callbacks,
-                                      checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
-                                      failure_config=ray_tune.FailureConfig(max_failures=max_failures), verbose=1))
+    return build_tuner(space, *args, sampler=optuna.samplers.RandomSampler(seed=space.seed), **kw)
 
 
 class TimedTuner:

@@ -684,9 +684,10 @@ def _fit(space, seeds: int, meta: dict, stage_dir: Path, results_dir: Path, args
 
 
 def build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, search_id, max_failures=2,
-                callbacks=()):
+                callbacks=(), sampler=None):
     """The service's Tuner: Optuna TPE (no repeats, seeds, concurrency limit) + PersistentASHA + the MLflow
-    end-of-trial callback, then ``callbacks`` (from plug-ins)."""
+    end-of-trial callback, then ``callbacks`` (from plug-ins). ``sampler``: an Optuna sampler in place of the
+    TPESampler (``bench/search_efficiency.py`` compares random search through it)."""
     import optuna
     from ray import tune as ray_tune
     from ray.tune.search import ConcurrencyLimiter, Repeater
@@ -696,7 +697,8 @@ def build_tuner(space, seeds, total, trainable, state_dir, mlflow_ids, ray_dir, 
     from tune.schedulers import PersistentASHA
     from tune.searchers import NoRepeatSearcher
 
-    sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(2, min(10, space.num_samples // 2)))
+    if sampler is None:
+        sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(2, min(10, space.num_samples // 2)))
     searcher = OptunaSearch(space=space.optuna_space(), metric=space.metric, mode=space.mode, sampler=sampler)
     searcher = NoRepeatSearcher(searcher, grid=space.grid(), seed=space.seed)  # a repeat trains nothing new
     if seeds > 1:
