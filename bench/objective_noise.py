@@ -70,9 +70,7 @@ def run_job(job: dict, cache: str, smoke: bool) -> dict:
                     cli={"data": job["data"]}, log=lambda m: None)
     tree = sp.base_tree()
     base_seed = int(tree.get("seed", 42))
-    ov = sp.trial_overrides(configs(sp)[job["config"]])
-    ov["seed"] = base_seed + job["train_seed"]
-    cfg = build_config(tree, ov)
+    cfg = build_config(tree, sp.trial_overrides(configs(sp)[job["config"]], seed_index=job["train_seed"]))
     train, val = prepare_data(dataclasses.replace(cfg, seed=base_seed + job["split_seed"]), sp.data, cache_dir=cache,
                               log=lambda m: None)
     t0 = time.perf_counter()
@@ -149,6 +147,24 @@ def paired_markdown(res: dict) -> str:
                     f"{c['mean']:+.3f} ± {c['std']:.3f} ({abs(c['mean']) / c['std']:.1f})" if c and c["std"] > 0
                     else "—" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def paired_findings(res: dict) -> str:
+    """Per data setting, from the paired differences: how many pairs stay below 1 std (all objectives, and the
+    search's metric ``last``), and the strongest pair."""
+    out = []
+    for r in res["summary"]:
+        cells = [(o, p, c) for o in OBJECTIVES if o in r for p, c in r[o].get("paired", {}).items() if c["std"] > 0]
+        if not cells:
+            continue
+        ratio = {(o, p): abs(c["mean"]) / c["std"] for o, p, c in cells}
+        last = [k for k in ratio if k[0] == "last"]
+        o, p, c = max(cells, key=lambda t: ratio[(t[0], t[1])])
+        out.append(f"`{r['data']}`: {sum(v < 1 for v in ratio.values())} of {len(ratio)} pairs below 1 "
+                   f"({sum(ratio[k] < 1 for k in last)} of {len(last)} under the search's metric, "
+                   f"{OBJECTIVES['last']}); the strongest, {p} under {OBJECTIVES[o]}: {c['mean']:+.3f} ± {c['std']:.3f} "
+                   f"({ratio[(o, p)]:.1f})")
+    return "; ".join(out)
 
 
 def _pair_names(res: dict) -> list[str]:

@@ -435,19 +435,16 @@ def sec_noise(j: dict | None) -> str:
 
 def _paired_noise(j: dict) -> str:
     """Section 12, second part: the paired differences (bench/objective_noise.py paired_markdown)."""
-    from objective_noise import paired_markdown
+    from objective_noise import TRAIN_SEEDS, paired_findings, paired_markdown
 
     return ("Paired differences. Every trial of a search trains with the same seed and split (common random numbers), "
             "so the noise that decides the order of two configurations is the spread of their *paired* difference, not "
             "each one's own spread. Re-analysed from the same runs (`python bench/objective_noise.py --analyse "
             "bench/results/objective_noise.json`, no training; mean ± std over training seeds 0-2 of the difference at "
             "equal seed, in brackets |mean| / std):\n\n" + paired_markdown(j) + "\n\n"
-            "The pairing helps where two configurations respond alike to the seed (Yaseen, lr/3 against the baseline: "
-            "-0.055 ± 0.013, 4.4 standard deviations; synthetic:40 with leave-one-group-out kNN, 2.0) and not "
-            "elsewhere: on the shipped `synthetic:120` budget 11 of the 12 pairs stay below 1 (all three under the "
-            "search's metric, `val/knn_acc` at the last epoch); on Yaseen under that metric, 2 of 3. With 3 seeds "
-            "each std is itself uncertain. Item 2's target (noise well below the differences) is not met under the "
-            "36-step CPU budget.\n")
+            "The pairing helps only where two configurations respond alike to the seed. " + paired_findings(j)
+            + f". With {len(TRAIN_SEEDS)} seeds each std is itself uncertain. Item 2's target (noise well below the "
+            "differences) is not met under the 36-step CPU budget.\n")
 
 
 def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:

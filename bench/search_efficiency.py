@@ -235,9 +235,7 @@ def test_worker(spec: dict) -> list[dict]:
     out = []
     for cfg_vals, seed in spec["jobs"]:
         t0 = time.perf_counter()
-        ov = sp.trial_overrides(dict(zip(KEYS, cfg_vals)))
-        ov["seed"] = seed
-        cfg = build_config(tree, ov)
+        cfg = build_config(tree, sp.trial_overrides(dict(zip(KEYS, cfg_vals)), seed_index=seed - base_seed))
         train, val, test = prepare_data(dataclasses.replace(cfg, seed=base_seed), sp.data, cache_dir=spec["cache"],
                                         log=lambda m: None, with_test=True)
         tr = Trainer(cfg, train, val, log=lambda m: None)

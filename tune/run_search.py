@@ -154,11 +154,11 @@ def _comparable(opt: str, value):
 def check_resume_options(args, meta: dict) -> None:
     """--resume with an option that differs from the one the search started with: ConfigError (exit 2) naming
     the options, their original values and the fix. Repeating the original value is fine."""
-    cli, context, bad = meta.get("cli") or {}, meta["context"], []
+    cli, context, bad = meta.get("cli") or {}, meta["context"], []  # context: a TrialContext
     original = {**{opt: cli.get(opt) for opt in RESUME_FIXED}, "budget": meta.get("budget"),
                 "mlflow_uri": (meta.get("mlflow") or {}).get("tracking_uri"), "max_failures": meta.get("max_failures")}
     seeds = original["seeds"] = original["seeds"] or 1
-    for opt, used in (("data", context["data"]), ("max_epochs", context["max_epochs"]),
+    for opt, used in (("data", context.data), ("max_epochs", context.max_epochs),
                       ("num_samples", int(meta.get("total_trials", 0)) // seeds or None)):
         original[opt] = original[opt] if original[opt] is not None else used  # the space's value, as run
     for opt in sorted(args.given & set(original)):
@@ -176,20 +176,24 @@ def build_context(space, search_id: str, cache_dir: Path, mlflow_ids: dict, res)
     """What every trial of this search shares (``tune.context.TrialContext``; passed with tune.with_parameters,
     never in param_space; recorded in search_meta.json for --resume)."""
     base_tree = space.base_tree()
+    from tune.gpu import simulation_context
+
     return TrialContext(
         stage=space.name, search_id=search_id, base_tree=base_tree, fixed=dict(space.fixed),
         max_epochs=space.max_epochs, data=space.data, cache_dir=str(cache_dir.resolve()),
         split_seed=int(space.fixed.get("seed", base_tree.get("seed", 42))),
         tracking_uri=mlflow_ids["tracking_uri"], experiment_id=mlflow_ids["experiment_id"],
         parent_run_id=mlflow_ids["parent_run_id"], effective_batch_size=space.effective_batch_size,
-        threads_per_trial=max(1, int(res.cpus)), gpu_fraction=res.gpu_fraction, gpu_simulation=_gpu_simulation(),
+        threads_per_trial=max(1, int(res.cpus)), gpu_fraction=res.gpu_fraction, gpu_simulation=simulation_context(),
     )
 
 
-def _gpu_simulation():
-    from tune.gpu import simulation_context
+def _trial_resources(meta: dict):
+    """The per-trial resources the search planned (``search_meta.json``), as ``TrialResources``."""
+    from tune.resources import TrialResources
 
-    return simulation_context()
+    r = meta["resources"]
+    return TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"])
 
 
 def _write_json(path: Path, obj) -> None:
@@ -527,7 +531,8 @@ def _cli_options(args) -> dict[str, Any]:
 
 
 def _resume_meta(args, results_dir: Path, stage_name: str) -> dict:
-    """--resume: the search_meta.json of the stage's latest search (its options checked against argv)."""
+    """--resume: the search_meta.json of the stage's latest search (its options checked against argv), with
+    ``meta["context"]`` read into a ``TrialContext``."""
     from tune.spaces import SpaceError
 
     stage_dir0 = results_dir / stage_name
@@ -541,7 +546,7 @@ def _resume_meta(args, results_dir: Path, stage_name: str) -> dict:
     if not meta_path.exists():
         raise SpaceError(f"--resume: {meta_path} is missing; cannot resume {search_id}")
     meta = json.loads(meta_path.read_text())
-    TrialContext.from_dict(meta.get("context"), source=str(meta_path))  # an older service's record: refused here
+    meta["context"] = TrialContext.from_dict(meta.get("context"), source=str(meta_path))  # an older record: refused
     check_resume_options(args, meta)
     _log(f"[resume] search {search_id} ({exp_path}); original options: {meta['cli']}, budget {meta['budget']}")
     return meta
@@ -568,7 +573,7 @@ def _load_checked_space(args, results_dir: Path, meta: dict | None, budget, cli:
                 f"(hash {meta['space_hash'][:12]} -> {h[:12]}; files: {space.path}, {space.base_config}). "
                 "Restore the original files or start a new search without --resume.")
         # use exactly what the original run resolved (inheritance may have changed since)
-        space.fixed = TrialContext.from_dict(meta["context"]).fixed
+        space.fixed = meta["context"].fixed
     if budget == "synthetic_cpu" and not args.resume:
         _log(synthetic_cpu_message(args, space, seeds))
     if args.smoke_test and not args.resume:
@@ -583,7 +588,7 @@ def _load_checked_space(args, results_dir: Path, meta: dict | None, budget, cli:
 def _start_search(space, args, results_dir: Path, stage_dir: Path, cli: dict, budget, seeds: int, h: str,
                   uri: str) -> dict:
     """A new search: data prepared and checked, resources planned, guard, MLflow parent run, search_meta.json.
-    Returns the meta (what --resume continues from)."""
+    Returns the meta (what --resume continues from; ``meta["context"]`` a ``TrialContext``)."""
     from tune.mlflow_utils import create_parent_run, git_commit, save_trials_view, trials_url
     from tune.resources import plan_resources
 
@@ -626,10 +631,10 @@ def _start_search(space, args, results_dir: Path, stage_dir: Path, cli: dict, bu
     meta = {"search_id": search_id, "space": str(space.path), "space_hash": h, "budget": budget, "cli": cli,
             "provenance": provenance,
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "gpu_fraction": res.gpu_fraction},
-            "mlflow": mlflow_ids, "context": context.to_dict(), "total_trials": space.num_samples * seeds,
+            "mlflow": mlflow_ids, "context": context, "total_trials": space.num_samples * seeds,
             "max_failures": args.max_failures,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_json(state_dir / META_NAME, meta)
+    _write_json(state_dir / META_NAME, {**meta, "context": context.to_dict()})
     _write_text_atomic(stage_dir / "latest", search_id + "\n")  # two searches: the last one wins, never a mix
     from shlex import quote
 
@@ -654,16 +659,14 @@ def _fit(space, seeds: int, meta: dict, stage_dir: Path, results_dir: Path, args
     from ray import tune as ray_tune
 
     from tune.plugins import tune_callbacks
-    from tune.resources import TrialResources
     from tune.spaces import SpaceError
     from tune.trainable import train_pahcl
 
-    search_id, r = meta["search_id"], meta["resources"]
+    search_id = meta["search_id"]
     exp_path, state_dir = stage_dir / "ray" / search_id, stage_dir / "searches" / search_id
     # plug-ins: passed explicitly, trial workers do not see the driver's later environment
-    context = TrialContext.from_dict(meta["context"])
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, context=context, plugins=plugins),
-                                        TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"]).as_ray())
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_pahcl, context=meta["context"], plugins=plugins),
+                                        _trial_resources(meta).as_ray())
     total = int(meta["total_trials"])
     if resuming:
         from ray.tune import Tuner
@@ -770,7 +773,7 @@ def _finish(grid, space, seeds, total, meta, exp_path, state_dir, stage_dir, res
             _log(f"[mlflow] safety net ended {n_fixed} child run(s) still RUNNING")
     except Exception as e:  # noqa: BLE001
         mlflow_down = e
-    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["context"]["base_tree"], log=_log,
+    out = write_outputs(rows, space, [stage_dir, state_dir], meta["search_id"], meta["context"].base_tree, log=_log,
                         provenance=meta.get("provenance"))
     df, agg = out["df"], out["agg"]
     plots = make_plots(rows, df, space, stage_dir / "plots", tracking_uri=None if mlflow_down else uri, log=_log)
@@ -844,13 +847,10 @@ def _fail_search(client, uri, exp_id, parent, rows, reason, stage_dir, state_dir
 def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, str]:
     """The confirmation runs (tune/confirm.py): table in the terminal, summary.json and best_config.yaml."""
     from tune import confirm
-    from tune.resources import TrialResources
     from tune.summary import write_confirmation
 
-    r = meta["resources"]
     cands = confirm.candidates(rows, out["agg"], out["df"], space, space.confirm_top)
-    res = TrialResources(r["cpus"], r["gpus"], r["gpu_fraction"])
-    grid = confirm.run(space, TrialContext.from_dict(meta["context"]), res, meta["mlflow"], stage_dir / "ray",
+    grid = confirm.run(space, meta["context"], _trial_resources(meta), meta["mlflow"], stage_dir / "ray",
                        meta["search_id"], cands, space.confirm_seeds, _log, max_failures=args.max_failures)
     left = confirm.unfinished(grid, space.max_epochs)
     if left:  # interrupted: no verdict from part of the runs; --resume continues them
@@ -866,7 +866,7 @@ def _confirm(rows, out, space, meta, stage_dir, state_dir, args) -> tuple[dict, 
     conf = {"metric": confirm.CONFIRM_METRIC, "seeds": space.confirm_seeds, "top": space.confirm_top,
             "test_fraction": space.test_fraction, "baseline": space.baseline_params(), "winner": winner,
             "verdict": verdict, "table": confirm.json_safe(table)}
-    summary = write_confirmation([stage_dir, state_dir], space, meta["context"]["base_tree"], out["summary"], conf,
+    summary = write_confirmation([stage_dir, state_dir], space, meta["context"].base_tree, out["summary"], conf,
                                  params)
     if params is not None:
         _log(f"best_config.yaml: the confirmation winner {winner} {params}")

@@ -294,7 +294,7 @@ def train_pahcl(config: dict, context: TrialContext, plugins: Sequence[Any] = ()
 
     import torch
 
-    torch.set_num_threads(max(1, int(context.threads_per_trial)))
+    torch.set_num_threads(context.threads_per_trial)  # >= 1: run_search.build_context
 
     ctx = ray_tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from objective_noise import analyse, paired_differences, paired_markdown
+from objective_noise import analyse, paired_differences, paired_findings, paired_markdown
 
 
 def _runs(vals: dict[str, list[float]]) -> list[dict]:
@@ -22,3 +22,11 @@ def test_paired_difference_removes_what_both_share_with_the_seed():
     assert res["summary"][0]["last"]["paired"] == p
     md = paired_markdown(res)
     assert "| a - b | a - c | b - c |" in md and "+0.000 ± 0.400 (0.0)" in md and "—" in md  # std 0: no ratio
+
+
+def test_paired_findings_count_pairs_below_one_std_and_name_the_strongest():
+    runs = _runs({"a": [0.3, 0.5, 0.7], "b": [0.2, 0.41, 0.6], "c": [0.7, 0.5, 0.3]})
+    text = paired_findings({"summary": analyse(runs)})
+    # a - b: +0.097 ± 0.006 (strongest); a - c: 0 ± 0.4; b - c: -0.097 ± 0.39: 2 of 3 below 1
+    assert text.startswith("`d`: 2 of 3 pairs below 1 (2 of 3 under the search's metric")
+    assert "the strongest, a - b under val/knn_acc, last epoch: +0.097 ± 0.006" in text
