@@ -44,7 +44,7 @@ from .readers import DataSpec, NoUsableRecordingsError, absolute_spec, SkipLog, 
 from .segmentation import from_annotations, segment
 from .types import Cycle, Recording
 
-CODE_VERSION = "pahcl-data-3"  # bump when preprocessing / segmentation / windowing changes
+CODE_VERSION = "pahcl-data-4"  # bump when preprocessing / segmentation / windowing changes
 TABLE_COLUMNS = ["recording_id", "group", "label", "cycle_index", "start_sample", "source"]
 _META_COLUMNS = ["dataset", "cycle_length", "murmur", "outcome", "site"]
 

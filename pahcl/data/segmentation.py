@@ -33,7 +33,9 @@ from .types import STATE_DIASTOLE, STATE_S1, STATE_S2, STATE_SYSTOLE, Cycle
 FEATURE_RATE = 50  # Hz
 ENVELOPE_LOWPASS = 8.0  # Hz
 DETREND_S = 0.5  # running-median window removed from the log envelope
-HALF_PEAK_RATIO = 0.9  # halve the cycle only when the half-lag peak is nearly as high
+HALF_PEAK_RATIO = 0.9  # halve (double) the cycle only when the half (double) lag peak is nearly as high
+HALF_INNER_PEAK = (0.2, 0.8)  # a cycle shows S1 and S2: a peak (the S1 -> S2 lag) at this fraction of its lag
+DOUBLE_PEAK_RATIO, DOUBLE_MAX_S = 0.8, 1.2  # a cycle without that peak doubles to a peak this high, <= 1.2 s
 DETREND_PERCENTILE = 50  # 50 = running median
 SYS_MODE = "blend"  # systolic interval: "autocorr" peak, literature "prior", or their mean
 PRIOR_A, PRIOR_B = 0.49, 0.0021  # Weissler QS2 = 546 - 2.1 HR ms, minus ~55 ms Q -> S1 onset
@@ -123,6 +125,32 @@ def _windowed_autocorr(v: np.ndarray, fs: int = FEATURE_RATE, win_s: float = 4.0
     return np.median(np.asarray(acs), axis=0) if acs else np.zeros(M)
 
 
+def _cycle_lag(ac: np.ndarray, pk: np.ndarray, cand: np.ndarray) -> int:
+    """The cycle's lag among the candidate peaks ``cand`` of ``ac`` (``pk``: all its peaks).
+
+    The highest candidate, halved while a peak near half its lag is at least HALF_PEAK_RATIO as high (two
+    beats read as one) and that half cycle shows S1 and S2: an autocorrelation peak (the S1 -> S2 lag) at
+    HALF_INNER_PEAK of its lag. A cycle that does not show them (S1 -> S2 read as a beat: evenly spaced S1
+    and S2, Yaseen N 001-050 and MS 090-098) is doubled when the peak near twice its lag is at least
+    DOUBLE_PEAK_RATIO as high and no longer than DOUBLE_MAX_S (50 bpm; a murmur filling systole, as in
+    MR, also hides the S1 -> S2 peak, and there the double is a 40 bpm "cycle").
+    """
+    def near(lag: float) -> int | None:
+        c = cand[np.abs(cand - lag) <= max(2.0, 0.1 * lag)]
+        return int(c[np.argmax(ac[c])]) if len(c) else None
+
+    def two_sounds(lag: int) -> bool:
+        return bool(np.any((pk >= HALF_INNER_PEAK[0] * lag) & (pk <= HALF_INNER_PEAK[1] * lag)))
+
+    p = int(cand[np.argmax(ac[cand])])
+    while (q := near(p / 2)) is not None and ac[q] >= HALF_PEAK_RATIO * ac[p] and two_sounds(q):
+        p = q
+    if (not two_sounds(p) and (q := near(2 * p)) is not None and ac[q] >= DOUBLE_PEAK_RATIO * ac[p]
+            and q <= DOUBLE_MAX_S * FEATURE_RATE):
+        p = q
+    return p
+
+
 def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE,
                max_bpm: float = MAX_HEART_RATE_BPM) -> tuple[float, float]:
     """(cycle duration s, systolic interval s) from the windowed autocorrelation of the feature.
@@ -139,13 +167,7 @@ def heart_rate(feature: np.ndarray, fs: int = FEATURE_RATE,
     cand = pk[(pk >= int(60.0 / max_bpm * fs)) & (pk <= int(2.0 * fs))]
     if len(cand) == 0:
         return 0.8, 0.32
-    p = int(cand[np.argmax(ac[cand])])
-    while True:
-        near = cand[np.abs(cand - p / 2) <= max(2.0, 0.1 * p / 2)]
-        if len(near) and ac[near].max() >= HALF_PEAK_RATIO * ac[p]:
-            p = int(near[np.argmax(ac[near])])
-        else:
-            break
+    p = _cycle_lag(ac, pk, cand)
     cycle_s = p / fs
     prior = PRIOR_A - PRIOR_B * 60.0 / cycle_s  # S1 -> S2 onset interval (s) vs heart rate (bpm)
     sys_c = pk[(pk >= int(0.2 * fs)) & (pk <= p / 2)]
