@@ -12,7 +12,9 @@ Automatic segmenter (Springer et al. 2016 style, without a trained emission mode
      changes such as crying, breathing, rubbing), as a robust z-score clipped to [-3, 6];
   2. heart rate: median over 4 s windows of the feature's autocorrelation; the highest peak at
      60/max_heart_rate_bpm .. 2 s lag (0.3-2 s by default: up to 200 bpm, for children), halved
-     while a peak near half the lag is >= 0.9 as high. Systolic interval (S1 onset -> S2 onset):
+     while a peak near half the lag is >= 0.9 as high and the half cycle shows S1 and S2 (a peak at
+     0.2-0.8 of its lag, the S1 -> S2 lag); a cycle that shows none (evenly spaced S1 and S2) doubled
+     when its double is >= 0.8 as high and <= 1.2 s (``_cycle_lag``). Systolic interval (S1 onset -> S2 onset):
      mean of the highest autocorrelation peak in [0.2 s, cycle / 2] and Weissler's regression
      0.49 - 0.0021 * HR s (the regression alone when there is no peak);
   3. duration-dependent (explicit-duration HSMM) Viterbi decoding of the cyclic state chain
