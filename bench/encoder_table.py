@@ -39,16 +39,22 @@ import numpy as np
 
 from _common import command, loadavg, machine, md_table, now_utc, spread, write_json
 
-PROTOCOLS = ("knn", "linear")
+PROTOCOLS = ("knn", "linear", "linear_unit")
 BASELINES = ("logspec", "pcg")
 NAMES = {"pretrained": "pretrained encoder", "random_init": "random-init encoder",
          "projector": "pretrained, projector output", "logspec": "logspec baseline",
          "pcg": "pcg baseline (hand-made)"}
 
 
+def _unit(f: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (the features' directions only, as kNN's cosine sees them)."""
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
 def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool, restandardize: bool = False) -> dict:
     """{protocol: {"cv": acc, "test": acc or None, "test_recall": {...}}} at recording level (``restandardize``:
-    z-score each fold with its own training part, as ``pcg`` is on the full sides)."""
+    z-score each fold with its own training part, as ``pcg`` is on the full sides). ``linear_unit`` is the
+    linear probe on unit-length features (a diagnosis: how much of ``linear`` rides on the features' norm)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     from pahcl.evaluate import choose_probe_c, encode_labels, evaluate_features, standardize
@@ -56,22 +62,28 @@ def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool, restandardize: b
     y = np.asarray(train.table["label"].astype(str))
     rec = np.asarray(train.table["recording_id"].astype(str))
     folds = list(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(ftr, y, rec))
-    # linear C: chosen once on the whole training side (grouped CV, choose_probe_c) and used in every fold and
-    # for the test: a nested choice per fold would cost 5x the fits for the same comparison between feature sets
-    fz = standardize(ftr, ftr)[0] if restandardize else ftr
-    C, _ = choose_probe_c(fz, encode_labels(y)[1], groups=rec, seed=seed)
+
+    def prep(a, b, unit: bool):
+        a, b = standardize(a, b) if restandardize else (a, b)
+        return (_unit(a), _unit(b)) if unit else (a, b)
+
     out = {}
     for protocol in PROTOCOLS:
-        kw = dict(k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature, seed=seed, probe_c=C)
+        unit, kind = protocol == "linear_unit", "linear" if protocol == "linear_unit" else protocol
+        # linear C: chosen once on the whole training side (grouped CV, choose_probe_c) and used in every fold and
+        # for the test: a nested choice per fold would cost 5x the fits for the same comparison between feature sets
+        C = choose_probe_c(prep(ftr, ftr, unit)[0], encode_labels(y)[1], groups=rec, seed=seed)[0] if kind == "linear" else None
+        kw = dict(k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature, seed=seed, probe_c=C or 1.0)
         accs = []
         for a, b in folds:
-            fa, fb = standardize(ftr[a], ftr[b]) if restandardize else (ftr[a], ftr[b])
-            m = evaluate_features(fa, y[a].tolist(), fb, y[b].tolist(), protocol, "recording", rec_test=rec[b].tolist(),
+            fa, fb = prep(ftr[a], ftr[b], unit)
+            m = evaluate_features(fa, y[a].tolist(), fb, y[b].tolist(), kind, "recording", rec_test=rec[b].tolist(),
                                   rec_train=rec[a].tolist(), **kw)
             accs.append(m["accuracy"])
         res = {"cv": float(np.mean(accs)), "test": None}
         if not cv_only:
-            m = evaluate_features(ftr, y.tolist(), fte, test.table["label"].astype(str).tolist(), protocol, "recording",
+            fa, fb = (_unit(ftr), _unit(fte)) if unit else (ftr, fte)
+            m = evaluate_features(fa, y.tolist(), fb, test.table["label"].astype(str).tolist(), kind, "recording",
                                   rec_test=test.table["recording_id"].tolist(), rec_train=rec.tolist(), **kw)
             res.update(test=m["accuracy"], test_recall=m["per_class_recall"], probe_c=m.get("probe_c"))
         out[protocol] = res
@@ -175,7 +187,7 @@ def aggregate(results: list[dict]) -> list[dict]:
     cells: dict[tuple, dict[str, list]] = {}
     for r in results:
         for row in r["rows"]:
-            for p in PROTOCOLS:
+            for p in (p for p in PROTOCOLS if p in row):  # linear_unit: not in files written before it
                 c = cells.setdefault((r["direction"], row["features"], p), {"cv": [], "test": []})
                 c["cv"].append(row[p]["cv"])
                 if row[p]["test"] is not None:
@@ -191,7 +203,8 @@ def _ms(s: dict) -> str:
 
 
 def markdown(summary: list[dict]) -> str:
-    """One table: direction x features rows; kNN and linear, test and training-side cv columns."""
+    """One table: direction x features rows; kNN, linear and linear on unit-length features, test and
+    training-side cv columns."""
     by = {(c["direction"], c["features"], c["protocol"]): c for c in summary}
     rows = []
     for d in dict.fromkeys(c["direction"] for c in summary):
@@ -199,14 +212,16 @@ def markdown(summary: list[dict]) -> str:
             if (d, f, "knn") not in by:
                 continue
             n = by[(d, f, "knn")]["cv"]["n"]
-            rows.append([d.replace(":", " → "), NAMES[f], n] + [_ms(by[(d, f, p)][k]) for p in PROTOCOLS
-                                                              for k in ("test", "cv")])
+            rows.append([d.replace(":", " → "), NAMES[f], n] + [_ms(by.get((d, f, p), {}).get(k, {}))
+                                                              for p in PROTOCOLS for k in ("test", "cv")])
     return md_table(["train → test", "features", "runs", "kNN test", "kNN cv (train side)", "linear test",
-                     "linear cv (train side)"], rows)
+                     "linear cv (train side)", "linear, unit-norm test", "linear, unit-norm cv"], rows)
 
 
 def jobs_for(a) -> list[tuple]:
-    tag = hashlib.sha256(json.dumps([a.data, a.preset, a.overrides]).encode()).hexdigest()[:10]
+    from pahcl.data.cycles import CODE_VERSION  # a checkpoint trained on other cycles is not reused
+
+    tag = hashlib.sha256(json.dumps([a.data, a.preset, a.overrides, CODE_VERSION]).encode()).hexdigest()[:10]
     base = dict(data=a.data, cache_dir=a.cache_dir, preset=a.preset, overrides=a.overrides, cv_only=a.cv_only,
                 threads=a.threads)
     skip = a.no_baselines or a.baselines_from

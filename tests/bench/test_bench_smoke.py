@@ -23,7 +23,7 @@ def test_encoder_table_smoke(tmp_path):
     feats = {(c["direction"], c["features"], c["protocol"]) for c in j["summary"]}
     for d in ("0-1:2-9", "2-9:0-1"):
         for f in ("pretrained", "projector", "random_init", "logspec", "pcg"):
-            assert {(d, f, "knn"), (d, f, "linear")} <= feats
+            assert {(d, f, "knn"), (d, f, "linear"), (d, f, "linear_unit")} <= feats
     for c in j["summary"]:
         assert 0 <= c["cv"]["mean"] <= 1 and 0 <= c["test"]["mean"] <= 1 and c["cv"]["n"] == 1
     runs = [r for r in j["runs"] if r["seed"] is not None]
