@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, RESULTS, fmt_spread, loadavg, machine, md_table, now_utc
+from _common import REPO, RESULTS, cycles_note, fmt_spread, loadavg, machine, md_table, now_utc
 
 KEEP_MARK = "<!-- KEEP BELOW: text after this line is kept verbatim by bench/run_all.py -->"
 
@@ -390,7 +390,7 @@ def sec_encoder_table(j: dict | None) -> str:
             "baselines learn nothing, so they have one row per direction. Discussion: docs/training.md."
             + (" The encoders were trained by an earlier invocation of the same command and their checkpoints "
                "reused (`reused` in the JSON): the wall time above is scoring only."
-               if any(r.get("reused") for r in j["runs"]) else "") + "\n\n"
+               if any(r.get("reused") for r in j["runs"]) else "") + " " + cycles_note(j) + "\n\n"
             + _md(j["markdown"]) + "\n")
 
 
@@ -418,7 +418,7 @@ def sec_noise(j: dict | None) -> str:
         return h + "Not run yet: `python bench/objective_noise.py --out bench/results/objective_noise.json`.\n"
     from objective_noise import markdown
 
-    return (h + _cmd(j["command"]) + "\n\n" + markdown(j) + "\n\n"
+    return (h + _cmd(j["command"]) + "\n\n" + markdown(j) + "\n\n" + cycles_note(j) + " "
             "moco_stage2's `synthetic_cpu` budget (tiny preset, 6 epochs x 6 optimizer steps), bare Trainer on the trial's "
             "exact config; training seeds 0-2 with the split fixed, and the baseline with two more split seeds. "
             "**Before**: the CPU default searched `synthetic:40` (10 patients: 2 in validation once the test split "

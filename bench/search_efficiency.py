@@ -52,7 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, command, machine, md_table, spread, worker_results, write_json
+from _common import REPO, command, cycles_note, machine, md_table, spread, worker_results, write_json
 
 LR = [6.7e-4, 2.0e-3, 6.0e-3]
 WARMUP = [1, 2]
@@ -494,7 +494,7 @@ def section(runs: dict) -> str:
             out.append(f"Not run yet: `{cmd}`.")
             continue
         cmds = [j["command"]] + [j[k] for k in ("tests_command", "reanalyse_command") if j.get(k)]
-        out += ["```", *cmds, "```", "", _when(j) + ".", "", _setup(j), "", j["markdown"]]
+        out += ["```", *cmds, "```", "", _when(j) + ". " + cycles_note(j), "", _setup(j), "", j["markdown"]]
     return "\n".join(out) + "\n"
 
 
