@@ -243,7 +243,8 @@ def combine(paths: list[str], out: str | None) -> int:
     summary = aggregate(runs)
     md = markdown(summary)
     print(md)
-    write_json(out, dict(first, command=" ; ".join(j["command"] for j in parts), date=" / ".join(j["date"] for j in parts),
+    seeds = sorted({s for j in parts for s in j["args"]["seeds"]})  # every part's seeds, not the first's
+    write_json(out, dict(first, args=dict(first["args"], seeds=seeds), command=" ; ".join(j["command"] for j in parts), date=" / ".join(j["date"] for j in parts),
                          wall_s=sum(j["wall_s"] for j in parts), load_end=parts[-1]["load_end"],
                          combined=[str(p) for p in paths], summary=summary, markdown=md, runs=runs))
     return 0

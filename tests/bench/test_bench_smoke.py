@@ -29,6 +29,16 @@ def test_encoder_table_smoke(tmp_path):
     runs = [r for r in j["runs"] if r["seed"] is not None]
     assert len(runs) == 2 and all(len(r["history"]) == 1 and not r["reused"] for r in runs)
     assert "| 0-1 → 2-9 | pretrained encoder | 1 |" in j["markdown"]
+    # --combine: runs concatenated, and the seeds recorded are every part's, not the first part's
+    other = dict(j, args=dict(j["args"], seeds=[7]), runs=[dict(r, seed=7) for r in runs])
+    (tmp_path / "u.json").write_text(json.dumps(other))
+    p = subprocess.run([sys.executable, "bench/encoder_table.py", "--combine", str(tmp_path / "t.json"),
+                        str(tmp_path / "u.json"), "--out", str(tmp_path / "c.json")], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["args"]["seeds"] == sorted({*j["args"]["seeds"], 7}) and len(c["runs"]) == len(j["runs"]) + 2
+    assert "| 0-1 → 2-9 | pretrained encoder | 2 |" in c["markdown"]
 
 
 @pytest.mark.slow
