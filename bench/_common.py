@@ -50,22 +50,19 @@ def versions() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     import torch
 
+    from pahcl.data.cycles import CODE_VERSION
+
     return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "arch": platform.machine(),
             "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "cuda": torch.cuda.is_available(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "versions": versions(), "date": now_utc(), "loadavg": loadavg(), "data_code_version": _data_code_version()}
-
-
-def _data_code_version() -> str:
-    from pahcl.data.cycles import CODE_VERSION
-
-    return CODE_VERSION
+            "versions": versions(), "date": now_utc(), "loadavg": loadavg(), "data_code_version": CODE_VERSION}
 
 
 def cycles_note(j: dict | None) -> str:
     """One sentence: which cycle-building code (preprocessing, segmentation, windowing) a result was measured on."""
-    v = ((j or {}).get("machine") or {}).get("data_code_version") if isinstance((j or {}).get("machine"), dict) else None
+    m = (j or {}).get("machine")  # a dict from machine(); older benches stored a string here
+    v = m.get("data_code_version") if isinstance(m, dict) else None
     if v:
         return f"Cycles: data code `{v}`."
     return ("Cycles: built by data code older than `pahcl-data-4` (not recorded in the result); on Yaseen that "

@@ -69,11 +69,13 @@ def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool, restandardize: b
 
     out = {}
     for protocol in PROTOCOLS:
-        unit, kind = protocol == "linear_unit", "linear" if protocol == "linear_unit" else protocol
+        unit = protocol == "linear_unit"
+        kind = "linear" if unit else protocol
         # linear C: chosen once on the whole training side (grouped CV, choose_probe_c) and used in every fold and
         # for the test: a nested choice per fold would cost 5x the fits for the same comparison between feature sets
-        C = choose_probe_c(prep(ftr, ftr, unit)[0], encode_labels(y)[1], groups=rec, seed=seed)[0] if kind == "linear" else None
-        kw = dict(k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature, seed=seed, probe_c=C or 1.0)
+        C = (choose_probe_c(prep(ftr, ftr, unit)[0], encode_labels(y)[1], groups=rec, seed=seed)[0]
+             if kind == "linear" else 1.0)  # kNN does not use it
+        kw = dict(k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature, seed=seed, probe_c=C)
         accs = []
         for a, b in folds:
             fa, fb = prep(ftr[a], ftr[b], unit)
@@ -244,9 +246,10 @@ def combine(paths: list[str], out: str | None) -> int:
     md = markdown(summary)
     print(md)
     seeds = sorted({s for j in parts for s in j["args"]["seeds"]})  # every part's seeds, not the first's
-    write_json(out, dict(first, args=dict(first["args"], seeds=seeds), command=" ; ".join(j["command"] for j in parts), date=" / ".join(j["date"] for j in parts),
-                         wall_s=sum(j["wall_s"] for j in parts), load_end=parts[-1]["load_end"],
-                         combined=[str(p) for p in paths], summary=summary, markdown=md, runs=runs))
+    write_json(out, dict(first, args=dict(first["args"], seeds=seeds), command=" ; ".join(j["command"] for j in parts),
+                         date=" / ".join(j["date"] for j in parts), wall_s=sum(j["wall_s"] for j in parts),
+                         load_end=parts[-1]["load_end"], combined=[str(p) for p in paths], summary=summary,
+                         markdown=md, runs=runs))
     return 0
 
 
