@@ -1,6 +1,7 @@
 """Search strategies judged on TEST accuracy: grid, TPE + ASHA, random + ASHA and the baseline configuration.
 
-    python bench/search_efficiency.py --out bench/results/search_efficiency.json      # synthetic:120, ~23 min*
+    python bench/search_efficiency.py --seeds 0 1 2 --train-seeds 42 43 44 \\
+        --out bench/results/search_efficiency.json                                     # synthetic:480, ~30 min*
     python bench/search_efficiency.py --data yaseen:../shared/data/yaseen2018 \\
         --out bench/results/search_efficiency_yaseen.json                               # ~15 min*
     python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json            # ~2-4 min*
@@ -11,8 +12,8 @@
 * measured 2026-11-29 on the shared 2-core machine (load average 2-5): synthetic searches 10.8 min + test
   retraining (12 configurations x 5 seeds) 11.9 min; Yaseen 9.3 + 5.1 min. Smoke test 2-4 min.
 
-Space: moco_stage2's ``synthetic_cpu`` budget (read from search_spaces/moco_stage2.yaml: tiny preset, its data
-``synthetic:120`` unless ``--data``, batch 8 x 2, queue 256, ``max_steps_per_epoch`` 6, ``max_epochs`` 6, ASHA
+Space: moco_stage2's ``synthetic_cpu`` budget (read from search_spaces/moco_stage2.yaml: its metric, tiny preset,
+its data ``synthetic:480`` unless ``--data``, batch 8 x 2, queue 256, ``max_steps_per_epoch`` 6, ``max_epochs`` 6, ASHA
 grace 2 / reduction factor 2, 2 trials at a time, 1 CPU each) with the searched keys made discrete so a full
 grid is feasible: ``training.learning_rate`` {6.7e-4, 2e-3, 6e-3} x ``training.warmup_epochs`` {1, 2} x
 ``model.moco_momentum`` {0.99, 0.999} = 12 configurations. The split is the service's: the budget's
@@ -79,6 +80,8 @@ def fill_defaults(a) -> None:
                  "test_fraction": (raw.get("confirm") or {})["test_fraction"]}.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    if getattr(a, "metric", None) is None:  # the search's objective (results before it was recorded: val/knn_acc)
+        a.metric = raw["metric"]
 
 
 def space_dict(a, num_samples: int, seed: int) -> dict:
@@ -157,6 +160,8 @@ class TimedTuner:
 
 def run_search_once(space_file: Path, results: Path, strategy: str, cache: Path) -> dict:
     """One search through ``run_search.main``; its trials and the top row of its ranked table."""
+    import yaml
+
     from tune import run_search
 
     results.mkdir(parents=True, exist_ok=True)
@@ -172,7 +177,7 @@ def run_search_once(space_file: Path, results: Path, strategy: str, cache: Path)
     res = run_search.main(["--space", str(space_file), "--results-dir", str(results)], tuner_factory=build)
     wall = time.perf_counter() - t0
     df = res["df"]  # fair-ranked: rank 1 is the search's choice
-    metric = "val/knn_acc"
+    metric = yaml.safe_load(Path(space_file).read_text())["metric"]  # the search's objective
     trials = [{"params": {k: r[f"param:{k}"] for k in KEYS}, "metric": float(r[metric]), "epochs": int(r["epochs"]),
                "stopped_early": bool(r["stopped_early"])} for _, r in df.iterrows()]
     return {"strategy": strategy, "wall_s": wall, "fit_s": fit_s.get("s"), "trials": trials,
@@ -241,7 +246,8 @@ def test_worker(spec: dict) -> list[dict]:
         tr = Trainer(cfg, train, val, log=lambda m: None)
         m = tr.fit()
         t = test_metrics(tr.model, [train, val], test, cfg, seed=cfg.seed)
-        out.append({"config": list(cfg_vals), "seed": seed, "val/knn_acc": float(m["val/knn_acc"]), **t,
+        out.append({"config": list(cfg_vals), "seed": seed, "val/knn_acc": float(m["val/knn_acc"]),
+                    "val_search_metric": float(m[a.metric]), **t,
                     "cycles": [len(train), len(val), len(test)], "seconds": time.perf_counter() - t0})
         print(f"[test] {cfg_vals} seed {seed}: test/knn_acc {t['test/knn_acc']:.3f}, "
               f"test/linear_acc {t['test/linear_acc']:.3f}", file=sys.stderr, flush=True)
@@ -280,7 +286,7 @@ def per_config(tests: list[dict], grid_values: dict) -> dict[tuple, dict]:
                   "test_knn_first": first["test/knn_acc"], "test_linear_first": first["test/linear_acc"],
                   "test_knn_mean": spread(knn)["mean"], "test_knn_std": spread(knn)["std"],
                   "test_linear_mean": spread(lin)["mean"], "test_linear_std": spread(lin)["std"],
-                  "val_first_bare": first["val/knn_acc"], "val_grid": grid_values.get(c),
+                  "val_first_bare": first.get("val_search_metric", first["val/knn_acc"]), "val_grid": grid_values.get(c),
                   "test_recordings": first["test/recordings"], "cycles": first["cycles"]}
     return out
 
@@ -376,7 +382,7 @@ def _ms(s: dict, nd: int = 3, scale: float = 1.0) -> str:
     return "—" if not s.get("n") else f"{scale * s['mean']:.{nd}f} ± {scale * s['std']:.{nd}f}"
 
 
-def _oracle_note(s: dict) -> str:
+def _oracle_note(s: dict, m: str) -> str:
     o = s.get("test_oracle")
     if not o or o["n"] < 2:
         return ""
@@ -385,14 +391,15 @@ def _oracle_note(s: dict) -> str:
             f"perfect search could gain over the worst configuration, against a noise floor of "
             f"{100 * s['noise_floor']['mean']:.1f} points."
             + ("" if o.get("spearman_val_test") is None else
-               f" Rank correlation (Spearman) between a configuration's grid val/knn_acc and its mean test/knn_acc, over "
+               f" Rank correlation (Spearman) between a configuration's grid {m} and its mean test/knn_acc, over "
                f"{o['n_pairs']} configurations: {o['spearman_val_test']:+.2f}."))
 
 
 def markdown(s: dict, a) -> str:
     """Per search, per strategy (mean ± std over search seeds), the baseline; per configuration; verdicts."""
+    m = getattr(a, "metric", None) or "val/knn_acc"  # the search's objective
     head = ["strategy", "search seed", "trials (distinct)", "trial-epochs (fraction of grid)", "tuning wall s",
-            "selected (lr, warmup, momentum)", "its val/knn_acc in the search", "test/knn_acc (seed 42)",
+            "selected (lr, warmup, momentum)", f"its {m} in the search", "test/knn_acc (seed 42)",
             f"test/knn_acc, mean of seeds {_seeds(a.train_seeds)}", "test/linear_acc, same mean",
             "paired Δ test/knn_acc vs baseline, points (same seed; mean ± std over seeds)"]
     rows = []
@@ -423,7 +430,7 @@ def markdown(s: dict, a) -> str:
                      f"{c['val_first_bare']:.3f}", ", ".join(f"{v:.3f}" for v in c["test_knn"]),
                      f"{c['test_knn_mean']:.3f} ± {c['test_knn_std']:.3f}",
                      f"{c['test_linear_mean']:.3f} ± {c['test_linear_std']:.3f}"])
-    cfg_table = md_table(["configuration", "picked by", "val/knn_acc, grid (Ray, seed 42)", "val/knn_acc, bare Trainer seed 42",
+    cfg_table = md_table(["configuration", "picked by", f"{m}, grid (Ray, seed 42)", f"{m}, bare Trainer seed 42",
                           f"test/knn_acc, seeds {_seeds(a.train_seeds)}", "test/knn_acc mean ± std",
                           "test/linear_acc mean ± std"], crow)
     n, c0 = s["noise_floor"], s["configs"][0]
@@ -431,9 +438,9 @@ def markdown(s: dict, a) -> str:
             f"validation {c0['cycles'][1]} cycles). Noise floor (std of test/knn_acc over training seeds, mean over the "
             f"{n['n']} configurations trained): **{100 * n['mean']:.1f} points** (min–max {100 * n['min']:.1f}–"
             f"{100 * n['max']:.1f}); test/linear_acc {100 * s['noise_floor_linear']['mean']:.1f} points. Seed 42 "
-            f"reproduced the search's val/knn_acc for {s['reproduced_seed42']}/{s['in_grid']} configurations. "
-            f"Grid val/knn_acc values, best first: {', '.join(f'{v:.3f}' for v in s['grid_values'])}. "
-            + _oracle_note(s) + "\n\n"
+            f"reproduced the search's {m} for {s['reproduced_seed42']}/{s['in_grid']} configurations. "
+            f"Grid {m} values, best first: {', '.join(f'{v:.3f}' for v in s['grid_values'])}. "
+            + _oracle_note(s, m) + "\n\n"
             f"Verdict (the selected configuration's test/knn_acc averaged over the training seeds, mean over search "
             f"seeds, minus the baseline's; beyond noise = more than the noise floor x sqrt(2/{len(a.train_seeds)}) = "
             f"{100 * s['verdict_threshold']:.1f} points, the std of a difference of two {len(a.train_seeds)}-seed means): "
@@ -540,7 +547,7 @@ def parse(argv):
     ap.add_argument("--steps", type=int, default=None, help="training.max_steps_per_epoch (default: the budget's)")
     ap.add_argument("--grace", type=int, default=None, help="ASHA grace period (default: the budget's)")
     ap.add_argument("--rf", type=float, default=None, help="ASHA reduction factor (default: the budget's)")
-    ap.add_argument("--data", default=None, help="data spec (default: the budget's, synthetic:120)")
+    ap.add_argument("--data", default=None, help="data spec (default: the budget's, synthetic:480)")
     ap.add_argument("--test-fraction", type=float, default=None, help="held-out test groups (default: the budget's)")
     ap.add_argument("--lr", type=float, nargs="+", default=LR)
     ap.add_argument("--warmup", type=int, nargs="+", default=WARMUP)
@@ -606,6 +613,7 @@ def main(argv=None) -> int:
     saved = json.loads(Path(a.tests_from).read_text()) if a.tests_from else None
     if saved:  # the searches' settings from the file; the retraining's from this command line
         test_opts = {k: getattr(a, k) for k in ("train_seeds", "test_all_configs")}
+        saved["args"].setdefault("metric", "val/knn_acc")  # searched before the objective was recorded
         saved["args"].update(test_opts)
         a = argparse.Namespace(**{**vars(a), **saved["args"]})
     fill_defaults(a)

@@ -366,6 +366,10 @@ def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log
     ``val/knn_acc``, ``val/knn_bal_acc``: cycle-level weighted kNN (``evaluation.knn_k``,
     ``evaluation.knn_temperature``) with the training cycles as the bank and the validation cycles as
     queries; omitted (and ``log_fn`` told) when either side has no labels.
+    ``val/logo_knn_acc``: the same kNN over training + validation cycles together, each cycle scored
+    against the cycles of every OTHER group (leave one group out, ``knn_scores_leave_group_out``): every
+    patient is scored once, so no choice of validation patients moves it (the search's objective;
+    docs/benchmarks.md section 12). Omitted with the kNN, or when there is only one group.
     ``val/align``, ``val/uniform``: Wang & Isola on the encoder features of two views of the
     validation cycles, ``val_views = (x1, x2)`` float arrays [N, 1, L] or [N, L]; omitted if None.
     """
@@ -383,6 +387,12 @@ def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log
         m = classification_metrics(yq, scores.argmax(1), classes)
         out["val/knn_acc"] = m["accuracy"]
         out["val/knn_bal_acc"] = m["balanced_accuracy"]
+        groups = [train.table["group"].iloc[i] for i in ok] + val.table["group"].tolist()
+        if len(set(map(str, groups))) >= 2:
+            y_all = np.concatenate([yb, yq])
+            s_all = knn_scores_leave_group_out(np.concatenate([fb[ok], fq]), y_all, groups, len(classes),
+                                               cfg.evaluation.knn_k, cfg.evaluation.knn_temperature)
+            out["val/logo_knn_acc"] = classification_metrics(y_all, s_all.argmax(1), classes)["accuracy"]
     elif log_fn is not None:
         log_fn("validation: no labels in the data; skipping val/knn_acc and val/knn_bal_acc")
     if val_views is not None:

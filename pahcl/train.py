@@ -39,7 +39,8 @@ absent otherwise): step loggers log that step whatever their interval.
 
 Epoch metrics (``Callback.on_epoch_end``, after validation): epoch (completed epochs, 1-based), step,
 train/loss (epoch mean), val/knn_acc and val/knn_bal_acc (cycle-level weighted kNN, training cycles as
-the bank; omitted, with one log line, when the data has no labels), val/align, val/uniform (Wang &
+the bank; omitted, with one log line, when the data has no labels), val/logo_knn_acc (the same kNN over
+training + validation cycles, each patient against the others: the search's objective), val/align, val/uniform (Wang &
 Isola on two fixed augmented views of the validation cycles). A callback may set
 ``trainer.stop_training = True`` to end ``fit`` after the current epoch.
 

@@ -21,7 +21,7 @@ Exact commands (from the repository root):
     .venv/bin/python tune/run_search.py --space moco_stage2 --address 10.0.0.5:6379 --mlflow-uri http://127.0.0.1:5000
 
 Without --data on a CPU-only machine the space's ``synthetic_cpu`` budget is used (tiny preset,
-synthetic:40, a few epochs of a few capped steps): the search finishes in minutes on 2 cores.
+synthetic:480, a few epochs of a few capped steps): the search finishes in minutes on 2 cores.
 
 Outputs (results/<stage>/): results.csv (ranked trials), configs.csv (per configuration: mean ± std
 over seeds), best_config.yaml, summary.json (what the next stage inherits), plots/, ray/<search id>/
@@ -131,8 +131,8 @@ def choose_budget(args) -> str | None:
 
 
 # measured: `python tune/run_search.py --space moco_stage2` (docs/reliability.md, "Operating notes")
-SYNTHETIC_CPU_TIME = ("Takes about 6 minutes on a shared 2-core CPU with the confirmation runs (384 s measured at load "
-                      "average 7-9: search 180 s, then 9 confirmation runs)")
+SYNTHETIC_CPU_TIME = ("Takes about 6 minutes on a shared 2-core CPU with the confirmation runs (362 s measured at load "
+                      "average 2: search 145 s, then 9 confirmation runs)")
 
 # --resume continues with what the search started with; these options would be ignored, so they are refused
 RESUME_FIXED = ("data", "num_samples", "max_epochs", "seeds", "preset", "cpus_per_trial", "gpus_per_trial",

@@ -57,7 +57,7 @@ TOP_KEYS = {
     "base_config": "path of the base pretrain YAML, relative to the repository root",
     "preset": "auto | " + " | ".join(available_presets()),
     "data": "default data spec, e.g. synthetic:64 (the CLI's --data overrides it)",
-    "metric": "epoch metric to optimise, e.g. val/knn_acc",
+    "metric": "epoch metric to optimise, e.g. val/logo_knn_acc (the default)",
     "mode": "max | min",
     "num_samples": "int >= 1: number of sampled configurations",
     "max_epochs": "int >= 1: epochs per trial (training.num_epochs)",
@@ -573,7 +573,7 @@ def load_space(
     if not isinstance(data, str):
         raise SpaceError(f"data: expected a data spec string like synthetic:64, got {data!r}")
     data = _absolute_data(data)
-    metric = raw.get("metric", "val/knn_acc")
+    metric = raw.get("metric", "val/logo_knn_acc")
     if metric not in KNOWN_METRICS + RAW_LOSS_METRICS:
         raise SpaceError(f"metric: {metric!r} is not reported by the Trainer; allowed: {', '.join(KNOWN_METRICS)}")
     if raw.get("guard", "refuse") not in ("refuse", "warn"):

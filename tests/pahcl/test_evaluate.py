@@ -289,3 +289,40 @@ def test_knn_leave_group_out_never_uses_the_own_group():
     assert list(pred[:3]) == [0, 0, 0] and list(pred[6:9]) == [2, 2, 2]
     with pytest.raises(ValueError, match="at least 2 groups"):
         knn_scores_leave_group_out(f, y, np.zeros(12), 2)
+
+
+class _Side:
+    """A CycleSet stand-in for validation_metrics: waves [N, L] and the table's label and group columns."""
+
+    def __init__(self, waves, labels, groups):
+        self.waves, self.table = waves, pd.DataFrame({"label": labels, "group": groups})
+
+    def __len__(self):
+        return len(self.waves)
+
+
+class _FirstSamples(torch.nn.Module):
+    def embed(self, x, bounds=None):  # [B, 1, L] -> [B, 4]
+        return x[:, 0, :4]
+
+
+def test_validation_logo_knn_scores_every_patient_of_both_sides_against_the_others():
+    from types import SimpleNamespace
+
+    from pahcl.evaluate import knn_scores_leave_group_out, validation_metrics
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 0, 1, 0, 1], 4)  # 6 patients of 4 cycles, one class each; the last 2 validate
+    g = np.repeat(np.arange(6), 4).astype(str)
+    waves = rng.normal(size=(24, 16)).astype(np.float32) * 0.05
+    waves[np.arange(24), y] += 1.0
+    waves[:4, :3] = [0.0, 1.0, 0.5]  # training patient 0 (class 0) looks like class 1: only a LOGO query sees it
+    train, val = _Side(waves[:16], list(y[:16]), list(g[:16])), _Side(waves[16:], list(y[16:]), list(g[16:]))
+    cfg = SimpleNamespace(evaluation=SimpleNamespace(batch_size=5, knn_k=3, knn_temperature=0.07))
+    out = validation_metrics(_FirstSamples(), train, val, cfg)
+    s = knn_scores_leave_group_out(waves[:, :4], y, g, 2, k=3, temperature=0.07)
+    assert out["val/logo_knn_acc"] == pytest.approx(float(np.mean(s.argmax(1) == y)))
+    assert out["val/logo_knn_acc"] == pytest.approx(20 / 24) and out["val/knn_acc"] == 1.0
+    one = validation_metrics(_FirstSamples(), _Side(waves[:4], list(y[:4]), ["a"] * 4),
+                             _Side(waves[4:8], list(y[4:8]), ["a"] * 4), cfg)
+    assert "val/knn_acc" in one and "val/logo_knn_acc" not in one  # one patient: nobody to leave it out against

@@ -119,8 +119,9 @@ def test_moco_and_simclr_train_and_report(data, moco, tmp_path):
         else:
             assert not (moco_keys | drift) & set(m)
     assert [m["epoch"] for m in rec.epochs] == [1, 2] and last == rec.epochs[-1]
-    assert {"epoch", "step", "train/loss", "val/knn_acc", "val/knn_bal_acc", "val/align", "val/uniform"} <= set(last)
-    assert 0 <= last["val/knn_acc"] <= 1
+    assert {"epoch", "step", "train/loss", "val/knn_acc", "val/knn_bal_acc", "val/logo_knn_acc", "val/align",
+            "val/uniform"} <= set(last)
+    assert 0 <= last["val/knn_acc"] <= 1 and 0 <= last["val/logo_knn_acc"] <= 1
     if moco:
         assert rec.steps[-1]["queue_ptr"] == (4 * cfg.training.batch_size) % cfg.model.queue_size
     names = sorted(p.name for p in tmp_path.iterdir())

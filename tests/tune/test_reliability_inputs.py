@@ -125,8 +125,8 @@ def test_synthetic_cpu_message_says_what_runs(tmp_path):
 
     yaseen = absolute_spec("yaseen:../shared/data/yaseen2018")  # specs are resolved once, in load_space
     for argv, starts, timing in (
-            ([], "[search] No --data and no CUDA device: synthetic default data (synthetic:120) with", True),
-            (["--budget", "synthetic_cpu"], "[search] --budget synthetic_cpu: data (synthetic:120) with", True),
+            ([], "[search] No --data and no CUDA device: synthetic default data (synthetic:480) with", True),
+            (["--budget", "synthetic_cpu"], "[search] --budget synthetic_cpu: data (synthetic:480) with", True),
             (["--data", "yaseen:../shared/data/yaseen2018", "--budget", "synthetic_cpu"],
              f"[search] --budget synthetic_cpu with --data: data ({yaseen}) with", False)):
         args = parse_args(["--space", "moco_stage2", *argv])

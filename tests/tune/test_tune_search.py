@@ -221,5 +221,5 @@ def test_cli_smoke_test_subprocess(tmp_path):
     ranked = pd.read_csv(stage / "results.csv")
     assert len(ranked) == 2
     assert (stage / "best_config.yaml").exists() and (stage / "plots" / "optimization_history.png").exists()
-    assert "ranked by val/knn_acc" in out.stdout
+    assert "ranked by val/logo_knn_acc" in out.stdout
     assert "[search] --smoke-test" in out.stdout

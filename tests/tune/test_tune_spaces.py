@@ -33,7 +33,7 @@ def test_shipped_spaces_validate(stage, budget, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sp = load_space(stage, results_root=tmp_path, budget=budget, log=lambda m: None)
-    assert sp.metric == "val/knn_acc" and sp.mode == "max"
+    assert sp.metric == "val/logo_knn_acc" and sp.mode == "max"
     assert sp.grace_period >= sp.largest_warmup() and sp.max_epochs >= sp.largest_warmup()
 
 
@@ -271,13 +271,13 @@ def _stage1_summary(root, provenance):
 
 def test_inheriting_from_another_preset_or_data_is_refused_unless_asked(tmp_path):
     """A tiny-preset CPU stage 1 must not silently set a stage 2 on another preset or data (issue 12)."""
-    _stage1_summary(tmp_path, {"budget": "synthetic_cpu", "preset": "tiny", "data": "synthetic:120",
+    _stage1_summary(tmp_path, {"budget": "synthetic_cpu", "preset": "tiny", "data": "synthetic:480",
                                "data_fingerprint": "f" * 64})
     with pytest.raises(SpaceError, match=r"inherit\.from simclr_stage1: .*preset 'tiny' there, 'small' here.*"
                                          r"--inherit-anyway"):
         load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", cli={"preset": "small"},
                    log=lambda m: None)
-    with pytest.raises(SpaceError, match=r"data 'synthetic:120' there, 'synthetic:64' here"):
+    with pytest.raises(SpaceError, match=r"data 'synthetic:480' there, 'synthetic:64' here"):
         load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", cli={"data": "synthetic:64"},
                    log=lambda m: None)
     msgs = []
@@ -298,7 +298,7 @@ def test_summary_without_provenance_is_inherited_with_a_warning(tmp_path):
 def test_changed_data_files_under_the_same_spec_are_refused(tmp_path):
     from tune.run_search import SearchSetupError, _check_inherited_data
 
-    _stage1_summary(tmp_path, {"budget": "synthetic_cpu", "preset": "tiny", "data": "synthetic:120",
+    _stage1_summary(tmp_path, {"budget": "synthetic_cpu", "preset": "tiny", "data": "synthetic:480",
                                "data_fingerprint": "a" * 64})
     sp = load_space("moco_stage2", results_root=tmp_path, budget="synthetic_cpu", log=lambda m: None)
     _check_inherited_data(sp, {"data_fingerprint": "a" * 64}, allow=False)  # same files: fine
