@@ -451,7 +451,8 @@ def markdown(s: dict, a) -> str:
 # ----------------------------------------------------------------------------- docs/benchmarks.md (bench/run_all.py)
 
 SECTION = "## 2. Search strategies judged on test accuracy: grid, TPE + ASHA, random + ASHA, baseline"
-RUNS = {"search_efficiency": "python bench/search_efficiency.py --out bench/results/search_efficiency.json",
+RUNS = {"search_efficiency": "python bench/search_efficiency.py --seeds 0 1 2 --train-seeds 42 43 44 "
+                             "--out bench/results/search_efficiency.json",
         "search_efficiency_yaseen": "python bench/search_efficiency.py --data yaseen:../shared/data/yaseen2018 "
                                     "--out bench/results/search_efficiency_yaseen.json"}
 
@@ -467,7 +468,7 @@ def _when(j: dict) -> str:
 def _setup(j: dict) -> str:
     a, sp = j["args"], j["space"]
     n_grid = len(a["lr"]) * len(a["warmup"]) * len(a["momentum"])
-    return (f"`{a['data']}`, tiny preset, batch 8 x 2, queue {sp['fixed']['model.queue_size']}, `max_steps_per_epoch` "
+    return (f"`{a['data']}`, objective `{sp['metric']}`, tiny preset, batch 8 x 2, queue {sp['fixed']['model.queue_size']}, `max_steps_per_epoch` "
             f"{a['steps']}, `max_epochs` {a['epochs']}, ASHA grace {a['grace']} / reduction factor {a['rf']:g}, 2 trials "
             f"at a time; learning rate {a['lr']} x warmup {a['warmup']} x momentum {a['momentum']} = {n_grid} "
             f"configurations; (b) and (c) sample {a['num_samples']} each, search seeds {a['seeds']}; test split "
