@@ -116,13 +116,14 @@ def setting(run: dict) -> str:
     return run["data"] + (f" [{', '.join(extra)}]" if extra else "")
 
 
-def merge(paths: list[str]) -> dict:
+def merge(paths: list[str], merge_command: str = "") -> dict:
     """Runs of several saved results in one (e.g. a data setting measured by a later command); every part's
     command, date and load are kept under ``parts``."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     runs = [r for j in parts for r in j["runs"]]
     first = parts[0]
-    return {"command": " ; ".join(j["command"] for j in parts), "machine": first["machine"],
+    return {"command": " ; ".join([j["command"] for j in parts] + ([merge_command] if merge_command else [])),
+            "machine": first["machine"],
             "load_start": first["load_start"], "seconds": sum(j["seconds"] for j in parts), "runs": runs,
             "parts": [{"command": j["command"], "date": j["machine"]["date"], "load_start": j["load_start"],
                        "load_end": j["machine"]["loadavg"], "seconds": j["seconds"]} for j in parts],
@@ -258,7 +259,7 @@ def main(argv=None) -> int:
             write_json(Path(a.out), res)
         return 0
     if a.merge:
-        res = merge(a.merge)
+        res = merge(a.merge, command(argv))
         print(markdown(res) + "\n\n" + paired_markdown(res))
         if a.out:
             write_json(Path(a.out), res)

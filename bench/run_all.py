@@ -426,7 +426,7 @@ def sec_noise(j: dict | None) -> str:
                 f"(seed noise alone: {o['null_range']:.3f}), noise / range **{o['noise_over_range']:.2f}**")
 
     y, full = "yaseen:../shared/data/yaseen2018", " [training.max_steps_per_epoch=0]"
-    return (h + _cmd(j["command"]) + "\n\n" + markdown(j) + "\n\n" + cycles_note(j) + " "
+    return (h + _cmd(j["command"].replace(" ; ", "\n")) + "\n\n" + markdown(j) + "\n\n" + cycles_note(j) + " "
             "moco_stage2's `synthetic_cpu` budget (tiny preset, 6 epochs x 6 optimizer steps unless a row says "
             f"otherwise), bare Trainer on the trial's exact config; training seeds {TRAIN_SEEDS[0]}-{TRAIN_SEEDS[-1]} "
             "with the split fixed, and the baseline with two more split seeds. Noise = the larger of the seed and "
@@ -440,8 +440,8 @@ def sec_noise(j: dict | None) -> str:
             "moves it; and the `synthetic_cpu` budgets on `synthetic:480`, 120 patients): "
             f"`synthetic:480`: {cell('synthetic:480', 'logo')}; Yaseen (the same budget, `--data`): {cell(y, 'logo')}. "
             "The measured ranges are 3-5 times what seed noise alone would give, so the differences are real, "
-            "and one run's noise is 0.28 and 0.41 of them. On every setting the leave-one-group-out objective "
-            "has the smallest noise / range. Averaging the last 3 epochs changes nothing; recording-level kNN is "
+            "and one run's noise is 0.28 and 0.41 of them. At the shipped 36-step budget the leave-one-group-out "
+            "objective has the smallest noise / range on every data set. Averaging the last 3 epochs changes nothing; recording-level kNN is "
             "noisier (fewer, correlated votes). `synthetic:480` costs about 3.7x the evaluation time of "
             "`synthetic:120` per trial (45 s vs 12 s, the training steps are the same), which the README's "
             "default-search time includes.\n\n"
@@ -586,6 +586,16 @@ def headline(J: dict) -> str:
     from search_efficiency import RUNS, headline as search_headline
 
     items += search_headline({n: J.get(n) for n in RUNS})
+    n = J.get("objective_noise")
+    if n:
+        cells = {(r["data"], o): r[o]["noise_over_range"] for r in n["summary"] for o in ("last", "logo") if o in r}
+        now = [f"`{d}` **{cells[(d, 'logo')]:.2f}**" for d in ("synthetic:480", "yaseen:../shared/data/yaseen2018")
+               if (d, "logo") in cells]
+        before = [f"`{d}` {cells[(d, 'last')]:.2f}" for d in ("synthetic:120", "yaseen:../shared/data/yaseen2018")
+                  if (d, "last") in cells]
+        if now:
+            items.append("Search objective noise / range of configurations at the CPU budget (section 12): "
+                         f"`val/logo_knn_acc` {', '.join(now)}; before, `val/knn_acc`: {', '.join(before)}.")
     c = J["concurrency"]
     if c and c["cpu"]:
         by = {(r["preset"], r["trials"], r["threads_per_trial"]): r["aggregate_cycles_per_s"] for r in c["cpu"]}
