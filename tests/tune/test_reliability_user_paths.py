@@ -42,7 +42,7 @@ def test_readme_real_data_search_with_relative_path_trains_every_trial(tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     ranked = pd.read_csv(out / "moco_stage2" / "results.csv")
     assert len(ranked) == 2 and (ranked["status"] == "TERMINATED").all(), ranked
-    assert ranked["val/knn_acc"].notna().all() and (ranked["epochs"] >= 1).all()  # ASHA may stop one at epoch 1
+    assert ranked["val/logo_knn_acc"].notna().all() and (ranked["epochs"] >= 1).all()  # ASHA may stop one at epoch 1
     assert ranked["epochs"].max() == 2
     summary = json.loads((out / "moco_stage2" / "summary.json").read_text())
     assert summary["best"]["trial_id"] in set(ranked["trial_id"])
