@@ -1,16 +1,17 @@
 """Search strategies judged on TEST accuracy: grid, TPE + ASHA, random + ASHA and the baseline configuration.
 
     python bench/search_efficiency.py --seeds 0 1 2 --train-seeds 42 43 44 \\
-        --out bench/results/search_efficiency.json                                     # synthetic:480, ~30 min*
+        --out bench/results/search_efficiency.json                                     # synthetic:480, 64 min*
     python bench/search_efficiency.py --data yaseen:../shared/data/yaseen2018 \\
-        --out bench/results/search_efficiency_yaseen.json                               # ~15 min*
+        --out bench/results/search_efficiency_yaseen.json                               # 36 min*
     python bench/search_efficiency.py --smoke-test --out /tmp/se_smoke.json            # ~2-4 min*
     # only the test retraining again, on the searches a saved JSON holds (e.g. other training seeds):
     python bench/search_efficiency.py --tests-from bench/results/search_efficiency.json --train-seeds 42 43 44
     python bench/search_efficiency.py --reanalyse bench/results/search_efficiency.json     # tables again, no training
 
-* measured 2026-11-29 on the shared 2-core machine (load average 2-5): synthetic searches 10.8 min + test
-  retraining (12 configurations x 5 seeds) 11.9 min; Yaseen 9.3 + 5.1 min. Smoke test 2-4 min.
+* measured 2026-11-29 20:13-21:18 UTC on the shared 2-core machine, both at once beside the test suite (load
+  average 2-12): synthetic:480 searches 45.8 min + test retraining (12 configurations x 3 seeds) 18.6 min;
+  Yaseen 26.9 + 8.7 min (12 x 5). Alone on an idle machine expect well under half. Smoke test 2-4 min.
 
 Space: moco_stage2's ``synthetic_cpu`` budget (read from search_spaces/moco_stage2.yaml: its metric, tiny preset,
 its data ``synthetic:480`` unless ``--data``, batch 8 x 2, queue 256, ``max_steps_per_epoch`` 6, ``max_epochs`` 6, ASHA
