@@ -513,7 +513,10 @@ def render(d: Path, run_info: dict | None = None, kept: str = "") -> str:
     parts.append("## Not run here\n\n* Every GPU figure (section 3's peak memory / `auto` packing / packed "
                  "throughput, section 4's CUDA rows, section 11): no GPU was lent to this task. The code paths exist "
                  "and run when CUDA is present; `make gpu-check` measures them in one command.\n* The 30-epoch Yaseen pretraining behind section 7 is not re-run by "
-                 "`bench/run_all.py` (about 20 min on 2 idle cores): run separately, see docs/training.md.")
+                 "`bench/run_all.py` (about 20 min on 2 idle cores): run separately, see docs/training.md.\n* The objective's "
+                 "noise under the GPU budget (`synthetic_cuda`: full preset, `synthetic:3000`, 60 epochs): section 12 "
+                 "measures the CPU budgets only (`bench/objective_noise.py` loads the `synthetic_cpu` budget; a GPU "
+                 "measurement needs a CUDA machine and a budget option the bench does not have yet).")
     text = "\n\n".join(p.rstrip() for p in parts) + "\n\n" + KEEP_MARK + "\n"
     if kept.strip():
         text += "\n" + kept.lstrip("\n")  # exactly one blank line after the mark, however often re-rendered
