@@ -387,7 +387,7 @@ def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log
         m = classification_metrics(yq, scores.argmax(1), classes)
         out["val/knn_acc"] = m["accuracy"]
         out["val/knn_bal_acc"] = m["balanced_accuracy"]
-        groups = [train.table["group"].iloc[i] for i in ok] + val.table["group"].tolist()
+        groups = [*train.table["group"].to_numpy()[ok], *val.table["group"].to_numpy()]
         if len(set(map(str, groups))) >= 2:
             y_all = np.concatenate([yb, yq])
             s_all = knn_scores_leave_group_out(np.concatenate([fb[ok], fq]), y_all, groups, len(classes),
