@@ -95,6 +95,8 @@ class ModelConfig:
     embed_pool: str = _f("window", choices=["window", "cycle"],
                          help="cycle embedding (projector input and frozen features): mean over all tokens of the "
                               "window (zero padding included) or over the cycle's own span, S1 onset to next S1 onset")
+    embed_subs: bool = _f(False, help="frozen features (embed) append the span means over S1, systole, S2 and "
+                                     "diastole to the cycle embedding (5 x mamba_d_model); training is unchanged")
 
 
 @dataclass

@@ -79,9 +79,15 @@ class PAHCL(nn.Module):
         return span_mean_pool(h, start, end)[:, 0]  # N×1×D -> N×D
 
     def embed(self, x: torch.Tensor, bounds: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled encoder features N×d_model (no projector), under the caller's grad mode; ``bounds`` N×5
-        (samples) are used by ``model.embed_pool: cycle``."""
-        return self._pool_cycle(self.encoder(x), bounds)  # N×T×D -> N×D
+        """Frozen features, no projector, under the caller's grad mode: the pooled cycle embedding N×D
+        (``bounds`` N×5 samples, used by ``model.embed_pool: cycle``), followed with ``model.embed_subs`` by the
+        S1, systole, S2 and diastole span means (the hierarchy the sub-level loss trains): N×5D. Without bounds
+        (views with no cycle marks, e.g. ``val/align``) the window mean N×D, whatever the settings."""
+        h = self.encoder(x)  # N×T×D
+        c = self._pool_cycle(h, bounds)  # N×D
+        if not self.cfg.embed_subs or bounds is None:
+            return c
+        return torch.cat([c, self._pool_subs(h, bounds).flatten(1)], dim=1)  # N×D ++ N×4D -> N×5D
 
     def forward(self, x1, b1, x2, b2) -> dict[str, torch.Tensor]:
         n = x1.shape[0]

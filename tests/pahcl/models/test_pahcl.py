@@ -174,3 +174,31 @@ def test_cycle_pooling_averages_the_cycles_own_tokens():
         q = torch.nn.functional.normalize(cyc.projector(cyc.embed(x, b)), dim=-1)
     torch.testing.assert_close(out["q"], q)
     torch.testing.assert_close(out["k"], q)  # fresh model: key encoder = query encoder
+
+
+def test_embed_subs_appends_the_four_substructure_span_means_and_leaves_training_alone():
+    """model.embed_subs: embed() = [cycle embedding, S1, systole, S2, diastole span means] (N×5D), the spans the
+    sub-level loss pools; forward() (everything training sees) is the same with or without it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, L)
+    b = torch.tensor([[0, 90, 250, 330, 400], [16, 96, 256, 336, 401]])  # stride 16: floor -> tokens 0, 5, 15, 20, 25
+    sub = PAHCL(_cfg(embed_pool="cycle", embed_subs=True).model).eval()
+    cyc = PAHCL(_cfg(embed_pool="cycle").model).eval()
+    cyc.load_state_dict(sub.state_dict())
+    with torch.no_grad():
+        h = sub.encoder(x)  # 2×40×D
+        f = sub.embed(x, b)
+        D = h.shape[-1]
+        assert f.shape == (2, 5 * D)
+        torch.testing.assert_close(f[:, :D], cyc.embed(x, b))
+        torch.testing.assert_close(f[0, D:2 * D], h[0, 0:5].mean(0))  # S1 of cycle 0: samples [0, 90) -> tokens [0, 5)
+        torch.testing.assert_close(f[1, 4 * D:], h[1, 21:25].mean(0))  # diastole of cycle 1: samples [336, 401)
+        torch.testing.assert_close(f[:, D:].reshape(2, 4, D), sub._pool_subs(h, b))
+        batch = (x, b, x, b)
+        torch.manual_seed(1)
+        a = sub(*batch)
+        torch.manual_seed(1)
+        c = cyc(*batch)
+        torch.testing.assert_close(sub.embed(x), h.mean(1))  # no bounds (e.g. val/align's views): window mean
+    for k in a:
+        torch.testing.assert_close(a[k], c[k])  # training sees the same outputs
