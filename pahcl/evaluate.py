@@ -13,12 +13,14 @@ Pure functions on feature arrays (numpy or torch) plus a CLI. Exact commands:
     ... --random-init          # same architecture (from the checkpoint's config), seeded random weights
     ... --baseline logspec     # mean log-magnitude STFT per frequency bin, no learning (--checkpoint optional)
     ... --baseline pcg         # hand-made PCG features: band statistics over the cycle and each substructure
+    ... --embed-subs           # encoder read-out: cycle embedding + S1, systole, S2, diastole span means
 
     python -m pahcl.evaluate --smoke-test   # seconds: tiny random-init encoder, synthetic:8, kNN
 
 The CLI prints ONE JSON object: accuracy, balanced_accuracy, per_class_recall, n, protocol, level,
 features (and classes, n_train; linear: probe_c and the cross-validation accuracy per C).
 
+Every feature set is z-scored with the training side's mean and std before either protocol.
 Linear probe: StandardScaler + logistic regression; C is chosen from PROBE_CS by 5-fold cross-validation
 on the training side only (folds grouped by recording, stratified by class; ``--probe-c 1.0`` fixes it).
 
@@ -507,16 +509,20 @@ def _build_model(cfg, state: dict | None, random_init: bool, seed: int):
 
 
 def frozen_features(kind: str, cfg, state: dict | None, train, test, seed: int = 0, device="cpu"):
-    """(train features, test features) for ``kind`` in pretrained | random_init | logspec | pcg (``pcg``:
-    z-scored with the training side's statistics, so kNN's cosine weighs every feature alike)."""
+    """(train features, test features) for ``kind`` in pretrained | random_init | logspec | pcg, every kind
+    z-scored with the TRAINING side's statistics (``standardize``), so that kNN's cosine weighs every feature
+    alike (the linear probe standardises its input anyway). The encoders' read-out is ``model.embed``
+    (``model.embed_subs`` appends the substructure span means; docs/training.md, E2 and E3)."""
     if kind == "logspec":
-        return logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
-    if kind == "pcg":
-        return standardize(pcg_features(train.waves, train.bounds, train.sample_rate),
-                           pcg_features(test.waves, test.bounds, test.sample_rate))
-    model = _build_model(cfg, state, kind == "random_init", seed).to(device)
-    bs = cfg.evaluation.batch_size
-    return extract_features(model, train, bs, device), extract_features(model, test, bs, device)
+        f = logspec_features(train.waves, train.sample_rate), logspec_features(test.waves, test.sample_rate)
+    elif kind == "pcg":
+        f = pcg_features(train.waves, train.bounds, train.sample_rate), pcg_features(test.waves, test.bounds,
+                                                                                     test.sample_rate)
+    else:
+        model = _build_model(cfg, state, kind == "random_init", seed).to(device)
+        bs = cfg.evaluation.batch_size
+        f = extract_features(model, train, bs, device), extract_features(model, test, bs, device)
+    return standardize(*f)
 
 
 def probe_c_arg(v: str) -> str | float:
@@ -572,6 +578,9 @@ def _run(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baseline", choices=["logspec", "pcg"],
                    help="no-learning features instead of the encoder: logspec (mean log-spectrogram) or pcg "
                         "(band statistics over the cycle and its 4 substructures, durations, S1/S2 ratios)")
+    p.add_argument("--embed-subs", action="store_true",
+                   help="encoders: append the S1, systole, S2 and diastole span means to the cycle embedding "
+                        "(model.embed_subs; needs no retraining)")
     p.add_argument("--split-by-index", metavar="A-B:C-D", help="split one spec by trailing recording number")
     p.add_argument("--cache-dir", default=None, help="cycle cache directory (default: none)")
     p.add_argument("--device", default="cpu")
@@ -600,6 +609,7 @@ def _run(argv: Sequence[str] | None = None) -> int:
     else:
         p.error("--checkpoint is required unless --baseline logspec or pcg")
 
+    cfg.model.embed_subs = cfg.model.embed_subs or args.embed_subs  # a read-out choice: the weights are the same
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries only the JSON)
     if args.split_by_index:
         if args.train != args.test:
@@ -623,6 +633,8 @@ def _run(argv: Sequence[str] | None = None) -> int:
         rec_train=train.table["recording_id"].tolist(),
     )
     res["features"] = features
+    if not args.baseline:
+        res["embed_subs"] = bool(cfg.model.embed_subs)  # the read-out that ran
     res["test_is_train"] = bool(args.test == args.train and not args.split_by_index)  # recorded in the JSON too
     print(json.dumps(res))
     return 0

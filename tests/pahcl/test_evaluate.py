@@ -250,6 +250,9 @@ def test_cli_smoke_test_and_missing_specs(tmp_path, capsys, monkeypatch):
     assert main(["--smoke-test"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["features"] == "random_init" and res["protocol"] == "knn" and res["n"] > 0
+    assert res["embed_subs"] is False
+    assert main(["--smoke-test", "--embed-subs"]) == 0  # the read-out is recorded as it ran
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["embed_subs"] is True
     with pytest.raises(SystemExit):
         main(["--protocol", "knn"])
     assert "--train and --test are required (KIND:PATH) unless --smoke-test" in capsys.readouterr().err
@@ -326,3 +329,26 @@ def test_validation_logo_knn_scores_every_patient_of_both_sides_against_the_othe
     one = validation_metrics(_FirstSamples(), _Side(waves[:4], list(y[:4]), ["a"] * 4),
                              _Side(waves[4:8], list(y[4:8]), ["a"] * 4), cfg)
     assert "val/knn_acc" in one and "val/logo_knn_acc" not in one  # one patient: nobody to leave it out against
+
+
+@pytest.mark.parametrize("kind", ["random_init", "logspec", "pcg"])
+def test_frozen_features_are_z_scored_with_the_training_sides_statistics(kind):
+    """Every feature set reaches kNN z-scored by the TRAINING side (docs/training.md E3): mean 0 and std 1 there
+    (constant columns 0), the test side shifted and scaled by the same numbers, not by its own."""
+    from pahcl.config import load_config
+    from pahcl.data import load_cycles
+    from pahcl.evaluate import extract_features, frozen_features, _build_model
+
+    cfg = load_config(preset="tiny", overrides=["model.embed_pool=cycle", "model.embed_subs=true"])
+    train, test = load_cycles("synthetic:8", cfg.data), load_cycles("synthetic:6", cfg.data)
+    ftr, fte = frozen_features(kind, cfg, None, train, test, seed=3)
+    sd = ftr.std(0)
+    live = sd > 1e-6
+    np.testing.assert_allclose(ftr.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(sd[live], 1.0, rtol=1e-3)
+    if kind == "random_init":
+        assert ftr.shape[1] == 5 * cfg.model.mamba_d_model  # cycle + S1, systole, S2, diastole
+        raw_tr = extract_features(_build_model(cfg, None, True, 3), train)
+        raw_te = extract_features(_build_model(cfg, None, True, 3), test)
+        mu, s = raw_tr.mean(0), np.where(raw_tr.std(0) > 1e-12, raw_tr.std(0), 1.0)
+        np.testing.assert_allclose(fte, (raw_te - mu) / s, rtol=1e-4, atol=1e-4)
