@@ -1,9 +1,12 @@
 """The encoder table on Yaseen: pretrained encoder vs random init vs the no-learning baselines (logspec, pcg),
 both split directions, several training seeds, recording level, kNN and linear probe.
 
-    # the table in docs/benchmarks.md (both directions, 3 seeds, 30 epochs of the small preset, 2 runs at a time)
-    nice -n 10 .venv/bin/python bench/encoder_table.py --seeds 0 1 2 --epochs 30 --jobs 2 \\
-        --out bench/results/encoder_table.json
+    # the table in docs/benchmarks.md section 9 (both directions, 5 seeds, 30 epochs of the small preset with the
+    # configuration of docs/training.md E1 and the read-out of E2, 2 runs at a time; about 95 min on 2 idle cores)
+    nice -n 10 .venv/bin/python bench/encoder_table.py --seeds 0 1 2 3 4 --epochs 30 --set training.warmup_epochs=1 \\
+        --set model.embed_pool=cycle --set augmentation.prob_other_cycle=0.5 --set augmentation.prob_time_stretch=0.5 \\
+        --set augmentation.prob_sub_gain=0.5 --set augmentation.prob_snr_noise=0.5 \\
+        --set augmentation.prob_band_limit=0.3 --set model.embed_subs=true --jobs 2 --out bench/results/encoder_table.json
     # a candidate pretraining change, judged ONLY by grouped cross-validation inside the training side
     nice -n 10 .venv/bin/python bench/encoder_table.py --cv-only --seeds 0 --epochs 10 \\
         --set model.embed_pool=cycle --out out/exp_pool.json
@@ -18,6 +21,10 @@ test recordings are never seen, not even unlabelled. Every feature set is then s
   probe's C is chosen once per feature set by ``choose_probe_c`` on the whole training side (grouped 5-fold CV)
   and used in every fold and for the test (not re-chosen inside each fold: 5x cheaper, same for every row).
 * ``test``: fit on the whole training side, score on the test side (skipped with ``--cv-only``).
+
+Every feature set is z-scored with the training side's statistics (``pahcl.evaluate.frozen_features``; each cv
+fold with its own training part's). Overrides in ``READOUT_ONLY`` (``model.embed_subs``) change only the read-out,
+so they reuse the checkpoints of the same training configuration (the folder name leaves them out).
 
 Rows: pretrained encoder (per seed), the same architecture randomly initialised (per seed), ``logspec`` and
 ``pcg`` (no learning: once per direction). The JSON holds every run (with its per-epoch validation history and
@@ -51,9 +58,9 @@ def _unit(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool, restandardize: bool = False) -> dict:
-    """{protocol: {"cv": acc, "test": acc or None, "test_recall": {...}}} at recording level (``restandardize``:
-    z-score each fold with its own training part, as ``pcg`` is on the full sides). ``linear_unit`` is the
+def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool) -> dict:
+    """{protocol: {"cv": acc, "test": acc or None, "test_recall": {...}}} at recording level; each cv fold is
+    z-scored with its own training part, as ``frozen_features`` z-scores the full sides. ``linear_unit`` is the
     linear probe on unit-length features (a diagnosis: how much of ``linear`` rides on the features' norm)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -64,7 +71,7 @@ def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool, restandardize: b
     folds = list(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(ftr, y, rec))
 
     def prep(a, b, unit: bool):
-        a, b = standardize(a, b) if restandardize else (a, b)
+        a, b = standardize(a, b)
         return (_unit(a), _unit(b)) if unit else (a, b)
 
     out = {}
@@ -112,8 +119,8 @@ def projector_features(cfg, state, train, test):
     model = _build_model(cfg, state, False, 0)
 
     class Projected(torch.nn.Module):
-        def embed(self, x, bounds=None):
-            return model.projector(model.embed(x, bounds))
+        def embed(self, x, bounds=None):  # the projector's input: the pooled cycle embedding (never embed_subs)
+            return model.projector(model._pool_cycle(model.encoder(x), bounds))
 
     p = Projected().eval()
     return extract_features(p, train), extract_features(p, test)
@@ -126,7 +133,7 @@ def run_encoder(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from pahcl.checkpoint import load_checkpoint
     from pahcl.data import split_by_group
-    from pahcl.evaluate import frozen_features
+    from pahcl.evaluate import frozen_features, standardize
     from pahcl.train import Trainer
 
     cfg, train, test = _sides(job)
@@ -156,7 +163,7 @@ def run_encoder(job: dict) -> dict:
     rows = []
     for kind in ("pretrained", "random_init", "projector"):
         if kind == "projector":  # diagnosis: the projector's output instead of the backbone's pooled features
-            ftr, fte = projector_features(cfg, state, train, test)
+            ftr, fte = standardize(*projector_features(cfg, state, train, test))
         else:
             ftr, fte = frozen_features(kind, cfg, state, train, test, job["seed"])
         rows.append({"features": kind, "dim": int(ftr.shape[1]),
@@ -180,7 +187,7 @@ def run_baselines(job: dict) -> dict:
     for kind in BASELINES:
         ftr, fte = frozen_features(kind, cfg, None, train, test, job["seed"])
         rows.append({"features": kind, "dim": int(ftr.shape[1]),
-                     **score(ftr, fte, train, test, cfg, job["seed"], job["cv_only"], restandardize=kind == "pcg")})
+                     **score(ftr, fte, train, test, cfg, job["seed"], job["cv_only"])})
     return {"direction": job["direction"], "seed": None, "rows": rows}
 
 
@@ -220,10 +227,22 @@ def markdown(summary: list[dict]) -> str:
                      "linear cv (train side)", "linear, unit-norm test", "linear, unit-norm cv"], rows)
 
 
-def jobs_for(a) -> list[tuple]:
-    from pahcl.data.cycles import CODE_VERSION  # a checkpoint trained on other cycles is not reused
+# overrides that change only the frozen read-out, never the trained weights (PAHCL.forward does not use them):
+# left out of the checkpoint folder's name, so that a read-out is scored on the same checkpoints
+READOUT_ONLY = ("model.embed_subs",)
 
-    tag = hashlib.sha256(json.dumps([a.data, a.preset, a.overrides, CODE_VERSION]).encode()).hexdigest()[:10]
+
+def run_tag(data: str, preset: str, overrides: list[str]) -> str:
+    """The checkpoint folder of a pretraining configuration (data, preset, overrides but the read-out's, and the
+    cycles' code version: a checkpoint trained on other cycles is not reused)."""
+    from pahcl.data.cycles import CODE_VERSION
+
+    trained = [o for o in overrides if o.split("=", 1)[0].strip() not in READOUT_ONLY]
+    return hashlib.sha256(json.dumps([data, preset, trained, CODE_VERSION]).encode()).hexdigest()[:10]
+
+
+def jobs_for(a) -> list[tuple]:
+    tag = run_tag(a.data, a.preset, a.overrides)
     base = dict(data=a.data, cache_dir=a.cache_dir, preset=a.preset, overrides=a.overrides, cv_only=a.cv_only,
                 threads=a.threads)
     skip = a.no_baselines or a.baselines_from

@@ -274,6 +274,11 @@ def _seg_heldout(j: dict) -> str:
             "trained on the other patients (leave one patient out):\n\n" + _md(j["heldout_summary"]) + "\n")
 
 
+PROBE_SUPERSEDED = ("One pretraining (the default configuration) on all 400 recordings, one split direction, the "
+                    "cycles and the raw (not z-scored) features of its date: a record of where issue 13 started, "
+                    "superseded by section 9 (both directions, 5 seeds, pretraining on the training side only).")
+
+
 def sec_probe(j: dict | None) -> str:
     h = "## 7. Linear probe (and kNN) on Yaseen\n\n"
     cmd = ("python -m pahcl.pretrain --data yaseen:../shared/data/yaseen2018 --out runs/y --set training.num_epochs=30\n"
@@ -301,7 +306,8 @@ def sec_probe(j: dict | None) -> str:
             f"({j.get('date')}; {j.get('machine')}; checkpoint `{j.get('checkpoint')}`, epoch "
             f"{j.get('checkpoint_epoch')}; pretraining run and its time: docs/training.md). Train: recordings 001-050 of each class, test: 051-100, recording level; "
             "linear-probe C chosen by 5-fold cross-validation on the training side, grouped by recording. "
-            "Discussion: docs/training.md. Commands:\n\n" + _cmd(cmd) + "\n\n" + body + lengths + "\n")
+            "Discussion: docs/training.md. " + PROBE_SUPERSEDED + " Commands:\n\n" + _cmd(cmd) + "\n\n" + body
+            + lengths + "\n")
 
 
 def sec_throughput(j: dict | None) -> str:
@@ -372,7 +378,10 @@ def sec_gpu(j: dict | None) -> str:
 def sec_encoder_table(j: dict | None) -> str:
     """Section 9: bench/encoder_table.py (not re-run here: one pretraining per direction and seed)."""
     h = "## 9. Encoder vs baselines on Yaseen: both directions, seeds, recording level\n\n"
-    cmd = ("nice -n 10 python bench/encoder_table.py --seeds 0 1 2 --epochs 30 --jobs 2 "
+    cmd = ("nice -n 10 python bench/encoder_table.py --seeds 0 1 2 3 4 --epochs 30 --set training.warmup_epochs=1 "
+           "--set model.embed_pool=cycle --set augmentation.prob_other_cycle=0.5 --set augmentation.prob_time_stretch=0.5 "
+           "--set augmentation.prob_sub_gain=0.5 --set augmentation.prob_snr_noise=0.5 "
+           "--set augmentation.prob_band_limit=0.3 --set model.embed_subs=true --jobs 2 "
            "--out bench/results/encoder_table.json")
     if not j:
         return (h + "Not re-run by `bench/run_all.py` (one pretraining per direction and seed). Command:\n\n"
@@ -384,12 +393,14 @@ def sec_encoder_table(j: dict | None) -> str:
             f"{j['load_start'][0]:.1f} at start, {j['load_end'][0]:.1f} at end ({a['jobs']} runs at a time, "
             f"{a['threads']} torch thread each). Pretraining: preset `{a['preset']}`, {sets}; seeds {a['seeds']}; "
             "each encoder is pretrained on its TRAINING side only (the test recordings are never seen), "
-            "recording level (mean of cycle scores). *test*: fit on the training side, score the test side; *cv*: "
+            "recording level (mean of cycle scores); every feature set z-scored with the training side's statistics "
+            "(`pahcl.evaluate.frozen_features`). *test*: fit on the training side, score the test side; *cv*: "
             "5-fold cross-validation inside the training side (grouped by recording, stratified by class), the "
             "number pretraining changes are decided by. Mean ± std over seeds (one value when one run). The "
             "baselines learn nothing, so they have one row per direction. Discussion: docs/training.md."
-            + (" The encoders were trained by an earlier invocation of the same command and their checkpoints "
-               "reused (`reused` in the JSON): the wall time above is scoring only."
+            + (" The encoders were trained by an earlier invocation with the same training configuration (the "
+               "read-out-only overrides, `READOUT_ONLY` in the bench, aside) and their checkpoints reused (`reused` "
+               "in the JSON): the wall time above is scoring only."
                if any(r.get("reused") for r in j["runs"]) else "") + " " + cycles_note(j) + "\n\n"
             + _md(j["markdown"]) + "\n")
 
@@ -577,6 +588,23 @@ def findings(J: dict) -> str:
     return "## Findings\n\n" + "\n\n".join(out) if out else ""
 
 
+def encoder_headline(j: dict) -> str:
+    """Section 9 in one line: the pretrained encoder's mean test accuracy per direction and protocol beside
+    random init and the pcg baseline, and in how many of those cells it is above both."""
+    by = {(c["direction"], c["features"], c["protocol"]): c["test"] for c in j["summary"]}
+    cells, wins = [], 0
+    for d in dict.fromkeys(c["direction"] for c in j["summary"]):
+        for p, name in (("knn", "kNN"), ("linear", "linear")):
+            pre, rnd, pcg = (by.get((d, f, p), {}).get("mean") for f in ("pretrained", "random_init", "pcg"))
+            if pre is None or rnd is None or pcg is None:
+                continue
+            wins += pre > rnd and pre > pcg
+            cells.append(f"{d.replace(':', ' → ')} {name} **{pre:.3f}** (random init {rnd:.3f}, pcg {pcg:.3f})")
+    n = by.get((next(iter(by))[0], "pretrained", "knn"), {}).get("n", 0)
+    return (f"Encoder vs baselines on unseen Yaseen recordings (section 9, mean of {n} seeds, recording level): "
+            + "; ".join(cells) + f"; above both in {wins} of the {len(cells)} direction x protocol cells.")
+
+
 def headline(J: dict) -> str:
     items = []
     h = J["harness_overhead"]
@@ -623,8 +651,11 @@ def headline(J: dict) -> str:
     if sg:
         items.append(f"Segmentation (CirCor tiny): S1 F1 {sg['overall']['S1']['f1']:.3f}, S2 F1 "
                      f"{sg['overall']['S2']['f1']:.3f}.")
+    et = J["encoder_table"]
+    if et:
+        items.append(encoder_headline(et))
     lp = J["linear_probe_yaseen"]
-    if lp:
+    if lp and not et:  # section 7 (one split, one seed, the old protocol) is superseded by section 9
         acc = {(r.get("protocol", "linear"), r["features"].split()[0]): r["accuracy"] for r in lp["rows"]}
         for proto in ("linear", "knn"):
             if (proto, "pretrained") in acc:
