@@ -61,7 +61,7 @@ def _unit(f: np.ndarray) -> np.ndarray:
 def score(ftr, fte, train, test, cfg, seed: int, cv_only: bool) -> dict:
     """{protocol: {"cv": acc, "test": acc or None, "test_recall": {...}}} at recording level; each cv fold is
     z-scored with its own training part, as ``frozen_features`` z-scores the full sides. ``linear_unit`` is the
-    linear probe on unit-length features (a diagnosis: how much of ``linear`` rides on the features' norm)."""
+    linear probe on unit-length (z-scored) features (a diagnosis: how much of ``linear`` rides on the norm)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     from pahcl.evaluate import choose_probe_c, encode_labels, evaluate_features, standardize

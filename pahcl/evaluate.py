@@ -609,6 +609,8 @@ def _run(argv: Sequence[str] | None = None) -> int:
     else:
         p.error("--checkpoint is required unless --baseline logspec or pcg")
 
+    if args.embed_subs and args.baseline:
+        p.error(f"--embed-subs is a read-out of the encoder; --baseline {args.baseline} has none: drop one of them")
     cfg.model.embed_subs = cfg.model.embed_subs or args.embed_subs  # a read-out choice: the weights are the same
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries only the JSON)
     if args.split_by_index:

@@ -254,6 +254,9 @@ def test_cli_smoke_test_and_missing_specs(tmp_path, capsys, monkeypatch):
     assert main(["--smoke-test", "--embed-subs"]) == 0  # the read-out is recorded as it ran
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["embed_subs"] is True
     with pytest.raises(SystemExit):
+        main(["--smoke-test", "--embed-subs", "--baseline", "pcg"])
+    assert "--embed-subs is a read-out of the encoder; --baseline pcg has none" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main(["--protocol", "knn"])
     assert "--train and --test are required (KIND:PATH) unless --smoke-test" in capsys.readouterr().err
 
