@@ -63,14 +63,14 @@ def jobs_for(data: str, smoke: bool) -> list[dict]:
     return jobs + [{"data": data, "config": "baseline", "train_seed": 0, "split_seed": s} for s in EXTRA_SPLIT_SEEDS]
 
 
-def parse_set(kv: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE read as YAML (numbers, booleans, null)."""
-    import yaml
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` items, parsed as the Trainer's overrides are (``pahcl.config.parse_override``)."""
+    from pahcl.config import ConfigError, parse_override
 
-    key, sep, value = kv.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set {kv!r}: expected KEY=VALUE, e.g. training.max_steps_per_epoch=0")
-    return key, yaml.safe_load(value)
+    try:
+        return dict(parse_override(kv) for kv in items)
+    except ConfigError as e:
+        raise SystemExit(f"--set: {e}") from None
 
 
 def run_job(job: dict, cache: str, smoke: bool) -> dict:
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps([run_job(j, spec["cache"], spec["smoke"]) for j in spec["jobs"]]), flush=True)
         return 0
     t0, load0 = time.perf_counter(), machine()["loadavg"]
-    sets = dict(parse_set(kv) for kv in a.set)
+    sets = parse_sets(a.set)
     jobs = [{**j, "set": sets, "max_epochs": a.max_epochs} for d in a.data for j in jobs_for(d, a.smoke_test)]
     cache = tempfile.mkdtemp(prefix="pahcl_noise_")
     parts = [jobs[i::a.jobs] for i in range(a.jobs)]

@@ -63,6 +63,13 @@ KEYS = ("training.learning_rate", "training.warmup_epochs", "model.moco_momentum
 BUDGET = ("moco_stage2", "synthetic_cpu")
 TRAIN_SEEDS = [42, 43, 44, 45, 46]
 STRATEGIES = {"grid": "(a) grid, FIFO", "tpe": "(b) TPE + ASHA", "random": "(c) random + ASHA"}
+LEGACY_METRIC = "val/knn_acc"  # what results saved before the search's objective was recorded were ranked by
+
+
+def with_metric(args: dict) -> dict:
+    """Saved ``args`` with their search objective (``LEGACY_METRIC`` for results that predate recording it)."""
+    args.setdefault("metric", LEGACY_METRIC)
+    return args
 
 
 def budget_raw() -> dict:
@@ -81,7 +88,7 @@ def fill_defaults(a) -> None:
                  "test_fraction": (raw.get("confirm") or {})["test_fraction"]}.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    if getattr(a, "metric", None) is None:  # the search's objective (results before it was recorded: val/knn_acc)
+    if getattr(a, "metric", None) is None:  # the search's objective
         a.metric = raw["metric"]
 
 
@@ -159,10 +166,9 @@ class TimedTuner:
             self.out["s"] = time.perf_counter() - t0
 
 
-def run_search_once(space_file: Path, results: Path, strategy: str, cache: Path) -> dict:
-    """One search through ``run_search.main``; its trials and the top row of its ranked table."""
-    import yaml
-
+def run_search_once(space_file: Path, results: Path, strategy: str, cache: Path, metric: str) -> dict:
+    """One search through ``run_search.main``; its trials (``metric``: the search's objective, a column of its
+    ranked table) and the top row of that table."""
     from tune import run_search
 
     results.mkdir(parents=True, exist_ok=True)
@@ -178,7 +184,6 @@ def run_search_once(space_file: Path, results: Path, strategy: str, cache: Path)
     res = run_search.main(["--space", str(space_file), "--results-dir", str(results)], tuner_factory=build)
     wall = time.perf_counter() - t0
     df = res["df"]  # fair-ranked: rank 1 is the search's choice
-    metric = yaml.safe_load(Path(space_file).read_text())["metric"]  # the search's objective
     trials = [{"params": {k: r[f"param:{k}"] for k in KEYS}, "metric": float(r[metric]), "epochs": int(r["epochs"]),
                "stopped_early": bool(r["stopped_early"])} for _, r in df.iterrows()]
     return {"strategy": strategy, "wall_s": wall, "fit_s": fit_s.get("s"), "trials": trials,
@@ -205,7 +210,8 @@ def worker(spec: dict) -> dict:
     try:
         for strategy, seed, n in runs:
             d = tmp / f"{strategy}{seed}"
-            r = run_search_once(write_space(a, d / "bench_search.yaml", n, seed), d / "results", strategy, cache)
+            r = run_search_once(write_space(a, d / "bench_search.yaml", n, seed), d / "results", strategy, cache,
+                                a.metric)
             r["seed"] = seed
             out.append(r)
             print(f"[{strategy} seed {seed}] {len(r['trials'])} trials, {r['fit_s']:.0f} s, selected {r['selected']}",
@@ -287,7 +293,7 @@ def per_config(tests: list[dict], grid_values: dict) -> dict[tuple, dict]:
                   "test_knn_first": first["test/knn_acc"], "test_linear_first": first["test/linear_acc"],
                   "test_knn_mean": spread(knn)["mean"], "test_knn_std": spread(knn)["std"],
                   "test_linear_mean": spread(lin)["mean"], "test_linear_std": spread(lin)["std"],
-                  "val_first_bare": first.get("val_search_metric", first["val/knn_acc"]), "val_grid": grid_values.get(c),
+                  "val_first_bare": first.get("val_search_metric", first[LEGACY_METRIC]), "val_grid": grid_values.get(c),
                   "test_recordings": first["test/recordings"], "cycles": first["cycles"]}
     return out
 
@@ -398,7 +404,7 @@ def _oracle_note(s: dict, m: str) -> str:
 
 def markdown(s: dict, a) -> str:
     """Per search, per strategy (mean ± std over search seeds), the baseline; per configuration; verdicts."""
-    m = getattr(a, "metric", None) or "val/knn_acc"  # the search's objective
+    m = a.metric  # the search's objective
     head = ["strategy", "search seed", "trials (distinct)", "trial-epochs (fraction of grid)", "tuning wall s",
             "selected (lr, warmup, momentum)", f"its {m} in the search", "test/knn_acc (seed 42)",
             f"test/knn_acc, mean of seeds {_seeds(a.train_seeds)}", "test/linear_acc, same mean",
@@ -590,7 +596,7 @@ def run_searches(a, args: dict, tmp: Path, cache: Path) -> dict:
 def reanalyse(path: Path, out: str | None) -> int:
     """Summary and tables again from a saved JSON's searches and retraining (after a change to the analysis)."""
     saved = json.loads(path.read_text())
-    a = argparse.Namespace(**saved["args"])
+    a = argparse.Namespace(**with_metric(saved["args"]))
     s = analyse(saved["raw"], saved["tests"], tuple(saved["summary"]["baseline"]), a.epochs)
     saved["summary"], saved["markdown"] = s, markdown(s, a)
     saved["reanalyse_command"] = command()
@@ -615,8 +621,7 @@ def main(argv=None) -> int:
     saved = json.loads(Path(a.tests_from).read_text()) if a.tests_from else None
     if saved:  # the searches' settings from the file; the retraining's from this command line
         test_opts = {k: getattr(a, k) for k in ("train_seeds", "test_all_configs")}
-        saved["args"].setdefault("metric", "val/knn_acc")  # searched before the objective was recorded
-        saved["args"].update(test_opts)
+        with_metric(saved["args"]).update(test_opts)
         a = argparse.Namespace(**{**vars(a), **saved["args"]})
     fill_defaults(a)
     tmp = Path(tempfile.mkdtemp(prefix="pahcl_search_eff_"))
