@@ -381,18 +381,18 @@ def validation_metrics(model, train, val, cfg, device="cpu", val_views=None, log
     bs = cfg.evaluation.batch_size
     tr_labels, va_labels = _labels_of(train), _labels_of(val)
     if tr_labels is not None and va_labels is not None:
-        fb = extract_features(model, train, bs, device)
-        fq = extract_features(model, val, bs, device)
         ok = [i for i, v in enumerate(tr_labels) if v is not None]
+        fb = extract_features(model, train, bs, device)[ok]  # the labelled training cycles: the bank
+        fq = extract_features(model, val, bs, device)
         classes, yb, yq = encode_labels([tr_labels[i] for i in ok], va_labels)
-        scores = knn_scores(fb[ok], yb, fq, len(classes), cfg.evaluation.knn_k, cfg.evaluation.knn_temperature)
+        scores = knn_scores(fb, yb, fq, len(classes), cfg.evaluation.knn_k, cfg.evaluation.knn_temperature)
         m = classification_metrics(yq, scores.argmax(1), classes)
         out["val/knn_acc"] = m["accuracy"]
         out["val/knn_bal_acc"] = m["balanced_accuracy"]
         groups = [*train.table["group"].to_numpy()[ok], *val.table["group"].to_numpy()]
         if len(set(map(str, groups))) >= 2:
             y_all = np.concatenate([yb, yq])
-            s_all = knn_scores_leave_group_out(np.concatenate([fb[ok], fq]), y_all, groups, len(classes),
+            s_all = knn_scores_leave_group_out(np.concatenate([fb, fq]), y_all, groups, len(classes),
                                                cfg.evaluation.knn_k, cfg.evaluation.knn_temperature)
             out["val/logo_knn_acc"] = classification_metrics(y_all, s_all.argmax(1), classes)["accuracy"]
     elif log_fn is not None:
